@@ -1,0 +1,6 @@
+"""Classifiers: linear (Softmax, LinearSVM), fully-connected and convolutional
+networks, and ``load_model`` to rebuild any saved network."""
+from xdl.classifiers.base import load_model
+from xdl.classifiers.linear_classifier import LinearClassifier, LinearSVM, Softmax
+
+__all__ = ["LinearClassifier", "LinearSVM", "Softmax", "load_model"]

@@ -1,0 +1,208 @@
+"""Convenience "sandwich" layers: common chains of layers as one
+forward/backward pair. Each forward returns (out, cache) and each backward
+returns the gradients of the chain's inputs, in argument order.
+"""
+from xdl.layers import (
+    affine_backward,
+    affine_forward,
+    batchnorm_backward_alt,
+    batchnorm_forward,
+    dropout_backward,
+    dropout_forward,
+    layernorm_backward,
+    layernorm_forward,
+    relu_backward,
+    relu_forward,
+    spatial_batchnorm_backward,
+    spatial_batchnorm_forward,
+)
+from xdl.fast_layers import (
+    conv_backward_fast,
+    conv_forward_fast,
+    max_pool_backward_fast,
+    max_pool_forward_fast,
+)
+
+
+def affine_relu_forward(x, w, b):
+    """
+    Convenience layer that performs an affine transform followed by a ReLU.
+
+    Inputs:
+    - x: Input to the affine layer
+    - w, b: Weights for the affine layer
+
+    Returns a tuple of:
+    - out: Output from the ReLU
+    - cache: Object to give to the backward pass
+    """
+    a, fc_cache = affine_forward(x, w, b)
+    out, relu_cache = relu_forward(a)
+    return out, (fc_cache, relu_cache)
+
+
+def affine_relu_backward(dout, cache):
+    """
+    Backward pass for the affine-relu convenience layer.
+
+    Returns a tuple of (dx, dw, db).
+    """
+    fc_cache, relu_cache = cache
+    da = relu_backward(dout, relu_cache)
+    return affine_backward(da, fc_cache)
+
+
+_NORMS = {
+    "batchnorm": (batchnorm_forward, batchnorm_backward_alt),
+    "layernorm": (layernorm_forward, layernorm_backward),
+}
+
+
+def affine_norm_relu_forward(x, w, b, gamma, beta, norm_param, normalization,
+                             dropout_param=None):
+    """
+    affine - [batchnorm | layernorm | nothing] - relu - [dropout], the hidden
+    block of FullyConnectedNet.
+
+    Inputs:
+    - x, w, b: input and weights of the affine layer
+    - gamma, beta, norm_param: scale, shift and parameter dict of the
+      normalization (ignored when normalization is None)
+    - normalization: None, 'batchnorm' or 'layernorm'
+    - dropout_param: dropout settings, or None for no dropout
+
+    Returns a tuple of (out, cache).
+    """
+    out, fc_cache = affine_forward(x, w, b)
+    norm_cache = None
+    if normalization is not None:
+        out, norm_cache = _NORMS[normalization][0](out, gamma, beta, norm_param)
+    out, relu_cache = relu_forward(out)
+    drop_cache = None
+    if dropout_param is not None:
+        out, drop_cache = dropout_forward(out, dropout_param)
+    return out, (fc_cache, normalization, norm_cache, relu_cache, drop_cache)
+
+
+def affine_norm_relu_backward(dout, cache):
+    """
+    Backward pass for affine_norm_relu_forward.
+
+    Returns a tuple of (dx, dw, db, dgamma, dbeta); dgamma and dbeta are None
+    without normalization.
+    """
+    fc_cache, normalization, norm_cache, relu_cache, drop_cache = cache
+    if drop_cache is not None:
+        dout = dropout_backward(dout, drop_cache)
+    dout = relu_backward(dout, relu_cache)
+    dgamma = dbeta = None
+    if normalization is not None:
+        dout, dgamma, dbeta = _NORMS[normalization][1](dout, norm_cache)
+    dx, dw, db = affine_backward(dout, fc_cache)
+    return dx, dw, db, dgamma, dbeta
+
+
+def affine_bn_relu_forward(x, w, b, gamma, beta, bn_param):
+    """affine - batchnorm - relu. Returns (out, cache)."""
+    return affine_norm_relu_forward(x, w, b, gamma, beta, bn_param, "batchnorm")
+
+
+def affine_bn_relu_backward(dout, cache):
+    """Backward pass for affine_bn_relu_forward. Returns (dx, dw, db, dgamma, dbeta)."""
+    return affine_norm_relu_backward(dout, cache)
+
+
+def affine_ln_relu_forward(x, w, b, gamma, beta, ln_param):
+    """affine - layernorm - relu. Returns (out, cache)."""
+    return affine_norm_relu_forward(x, w, b, gamma, beta, ln_param, "layernorm")
+
+
+def affine_ln_relu_backward(dout, cache):
+    """Backward pass for affine_ln_relu_forward. Returns (dx, dw, db, dgamma, dbeta)."""
+    return affine_norm_relu_backward(dout, cache)
+
+
+def conv_relu_forward(x, w, b, conv_param):
+    """
+    A convenience layer that performs a convolution followed by a ReLU.
+
+    Inputs:
+    - x: Input to the convolutional layer
+    - w, b, conv_param: Weights and parameters for the convolutional layer
+
+    Returns a tuple of:
+    - out: Output from the ReLU
+    - cache: Object to give to the backward pass
+    """
+    a, conv_cache = conv_forward_fast(x, w, b, conv_param)
+    out, relu_cache = relu_forward(a)
+    return out, (conv_cache, relu_cache)
+
+
+def conv_relu_backward(dout, cache):
+    """
+    Backward pass for the conv-relu convenience layer. Returns (dx, dw, db).
+    """
+    conv_cache, relu_cache = cache
+    da = relu_backward(dout, relu_cache)
+    return conv_backward_fast(da, conv_cache)
+
+
+def conv_bn_relu_forward(x, w, b, gamma, beta, conv_param, bn_param):
+    """conv - spatial batchnorm - relu. Returns (out, cache)."""
+    a, conv_cache = conv_forward_fast(x, w, b, conv_param)
+    an, bn_cache = spatial_batchnorm_forward(a, gamma, beta, bn_param)
+    out, relu_cache = relu_forward(an)
+    return out, (conv_cache, bn_cache, relu_cache)
+
+
+def conv_bn_relu_backward(dout, cache):
+    """Backward pass for conv_bn_relu_forward. Returns (dx, dw, db, dgamma, dbeta)."""
+    conv_cache, bn_cache, relu_cache = cache
+    dan = relu_backward(dout, relu_cache)
+    da, dgamma, dbeta = spatial_batchnorm_backward(dan, bn_cache)
+    dx, dw, db = conv_backward_fast(da, conv_cache)
+    return dx, dw, db, dgamma, dbeta
+
+
+def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
+    """
+    Convenience layer that performs a convolution, a ReLU, and a pool.
+
+    Inputs:
+    - x: Input to the convolutional layer
+    - w, b, conv_param: Weights and parameters for the convolutional layer
+    - pool_param: Parameters for the pooling layer
+
+    Returns a tuple of:
+    - out: Output from the pooling layer
+    - cache: Object to give to the backward pass
+    """
+    a, conv_cache = conv_forward_fast(x, w, b, conv_param)
+    s, relu_cache = relu_forward(a)
+    out, pool_cache = max_pool_forward_fast(s, pool_param)
+    return out, (conv_cache, relu_cache, pool_cache)
+
+
+def conv_relu_pool_backward(dout, cache):
+    """
+    Backward pass for the conv-relu-pool convenience layer. Returns (dx, dw, db).
+    """
+    conv_cache, relu_cache, pool_cache = cache
+    ds = max_pool_backward_fast(dout, pool_cache)
+    da = relu_backward(ds, relu_cache)
+    return conv_backward_fast(da, conv_cache)
+
+
+def conv_bn_relu_pool_forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
+    """conv - spatial batchnorm - relu - max pool. Returns (out, cache)."""
+    s, inner_cache = conv_bn_relu_forward(x, w, b, gamma, beta, conv_param, bn_param)
+    out, pool_cache = max_pool_forward_fast(s, pool_param)
+    return out, (inner_cache, pool_cache)
+
+
+def conv_bn_relu_pool_backward(dout, cache):
+    """Backward pass for conv_bn_relu_pool_forward. Returns (dx, dw, db, dgamma, dbeta)."""
+    inner_cache, pool_cache = cache
+    ds = max_pool_backward_fast(dout, pool_cache)
+    return conv_bn_relu_backward(ds, inner_cache)

@@ -1,0 +1,443 @@
+"""The Solver: minibatch training of a model with an update rule from
+``xdl.optim``, accuracy checks, learning-rate decay, best-model tracking and
+checkpoints.
+
+The data set stays on the host; each minibatch is moved to the model's
+device by ``model.loss``. Histories hold plain Python floats, so they plot
+and pickle on any backend.
+"""
+import math
+import numbers
+import warnings
+
+import numpy as np
+
+from xdl import optim, serialization
+from xdl.backends import asarray_like, asnumpy, get_array_module, is_cupy_array
+from xdl._checks import check_nonneg_int, check_positive_int
+
+
+class TrainingStopped(UserWarning):
+    """Training stopped early because the loss became NaN or infinite."""
+
+
+class Solver:
+    """
+    A Solver encapsulates all the logic necessary for training classification
+    models. The Solver performs stochastic gradient descent using different
+    update rules defined in optim.py.
+
+    The solver accepts both training and validation data and labels so it can
+    periodically check classification accuracy on both training and validation
+    data to watch out for overfitting.
+
+    To train a model, you will first construct a Solver instance, passing the
+    model, dataset, and various options (learning rate, batch size, etc) to the
+    constructor. You will then call the train() method to run the optimization
+    procedure and train the model.
+
+    After the train() method returns, model.params will contain the parameters
+    that performed best on the validation set over the course of training.
+    In addition, the instance variable solver.loss_history will contain a list
+    of all losses encountered during training and the instance variables
+    solver.train_acc_history and solver.val_acc_history will be lists of the
+    accuracies of the model on the training and validation set at each epoch.
+
+    Example usage might look something like this:
+
+    data = {
+      'X_train': # training data
+      'y_train': # training labels
+      'X_val': # validation data
+      'y_val': # validation labels
+    }
+    model = MyAwesomeModel(hidden_size=100, reg=10)
+    solver = Solver(model, data,
+                    update_rule='sgd',
+                    optim_config={
+                      'learning_rate': 1e-4,
+                    },
+                    lr_decay=0.95,
+                    num_epochs=5, batch_size=200,
+                    print_every=100)
+    solver.train()
+
+    A Solver works on a model object that must conform to the following API:
+
+    - model.params must be a dictionary mapping string parameter names to
+      arrays containing parameter values.
+
+    - model.loss(X, y) must be a function that computes training-time loss and
+      gradients, and test-time classification scores, with the following inputs
+      and outputs:
+
+      Inputs:
+      - X: Array giving a minibatch of input data of shape (N, d_1, ..., d_k)
+      - y: Array of labels, of shape (N,) giving labels for X where y[i] is the
+        label for X[i].
+
+      Returns:
+      If y is None, run a test-time forward pass and return:
+      - scores: Array of shape (N, C) giving classification scores for X where
+        scores[i, c] gives the score of class c for X[i].
+
+      If y is not None, run a training time forward and backward pass and
+      return a tuple of:
+      - loss: Scalar giving the loss
+      - grads: Dictionary with the same keys as self.params mapping parameter
+        names to gradients of the loss with respect to those parameters.
+    """
+
+    def __init__(self, model, data, update_rule="sgd", optim_config=None, lr_decay=1.0,
+                 batch_size=100, num_epochs=10, num_train_samples=1000,
+                 num_val_samples=None, checkpoint_name=None, print_every=10, verbose=True):
+        """
+        Construct a new Solver instance.
+
+        Required arguments:
+        - model: A model object conforming to the API described above
+        - data: A dictionary of training and validation data containing:
+          'X_train': Array, shape (N_train, d_1, ..., d_k) of training images
+          'X_val': Array, shape (N_val, d_1, ..., d_k) of validation images
+          'y_train': Array, shape (N_train,) of labels for training images
+          'y_val': Array, shape (N_val,) of labels for validation images
+
+        Optional arguments:
+        - update_rule: A string giving the name of an update rule in optim.py
+          ('sgd', 'sgd_momentum', 'rmsprop', 'adam'), or such a function.
+          Default is 'sgd'.
+        - optim_config: A dictionary containing hyperparameters that will be
+          passed to the chosen update rule. Each update rule requires different
+          hyperparameters (see optim.py) but all update rules require a
+          'learning_rate' parameter so that should always be present.
+        - lr_decay: A scalar for learning rate decay; after each epoch the
+          learning rate is multiplied by this value.
+        - batch_size: Size of minibatches used to compute loss and gradient
+          during training.
+        - num_epochs: The number of epochs to run for during training.
+        - print_every: Integer; training losses will be printed every
+          print_every iterations (0 prints none).
+        - verbose: Boolean; if set to false then no output will be printed
+          during training.
+        - num_train_samples: Number of training samples used to check training
+          accuracy; default is 1000; set to None to use entire training set.
+        - num_val_samples: Number of validation samples to use to check val
+          accuracy; default is None, which uses the entire validation set.
+        - checkpoint_name: If not None, then save model checkpoints here every
+          epoch (file '<checkpoint_name>_epoch_<e>.npz', written atomically).
+        """
+        self.model = model
+        for key in ("X_train", "y_train", "X_val", "y_val"):
+            if key not in data:
+                raise ValueError("data is missing %r (it needs X_train, y_train, X_val, y_val)"
+                                 % key)
+        self.X_train, self.y_train = data["X_train"], self._host_labels(data, "train")
+        self.X_val, self.y_val = data["X_val"], self._host_labels(data, "val")
+
+        self.update_rule_name = update_rule if isinstance(update_rule, str) else \
+            getattr(update_rule, "__name__", repr(update_rule))
+        self.update_rule = optim.get_update_rule(update_rule)
+        self.optim_config = dict(optim_config or {})
+        if not (isinstance(lr_decay, numbers.Real) and lr_decay > 0):
+            raise ValueError("lr_decay must be a number > 0, got %r" % (lr_decay,))
+        self.lr_decay = float(lr_decay)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.num_epochs = check_nonneg_int(num_epochs, "num_epochs")
+        self.num_train_samples = None if num_train_samples is None else \
+            check_positive_int(num_train_samples, "num_train_samples")
+        self.num_val_samples = None if num_val_samples is None else \
+            check_positive_int(num_val_samples, "num_val_samples")
+        self.checkpoint_name = checkpoint_name
+        self.print_every = check_nonneg_int(print_every, "print_every")
+        self.verbose = verbose
+        self._reset()
+
+    @staticmethod
+    def _host_labels(data, split):
+        X, y = data["X_" + split], data["y_" + split]
+        if isinstance(y, (list, tuple)):
+            y = np.asarray(y)
+        if not hasattr(y, "shape") or y.ndim != 1 or y.shape[0] != X.shape[0]:
+            raise ValueError("y_%s must have shape (%d,) to match X_%s %s, got %s"
+                             % (split, X.shape[0], split, tuple(X.shape),
+                                getattr(y, "shape", type(y).__name__)))
+        if y.dtype.kind not in "iu":
+            raise TypeError("y_%s must hold integer class labels, got dtype %s" % (split, y.dtype))
+        return y
+
+    def _reset(self):
+        """
+        Set up some book-keeping variables for optimization. Don't call this
+        manually.
+        """
+        self.epoch = 0
+        self.iteration = 0
+        self.best_val_acc = -1.0
+        self.best_epoch = None
+        self.best_params = {}
+        self.loss_history = []
+        self.train_acc_history = []
+        self.val_acc_history = []
+        self.stopped = None  # (iteration, loss) when training stopped on a bad loss
+        self._pending_losses = []
+
+        # Make a deep copy of the optim_config for each parameter
+        self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
+
+    # -- one step --------------------------------------------------------------
+
+    def _step(self):
+        """
+        Make a single gradient update. This is called by train() and should not
+        be called manually.
+        """
+        num_train = self.X_train.shape[0]
+        batch_mask = np.random.choice(num_train, self.batch_size)
+        X_batch = self.X_train[batch_mask]
+        y_batch = self.y_train[batch_mask]
+
+        loss, grads = self.model.loss(X_batch, y_batch)
+        self._pending_losses.append(loss)
+
+        for p, w in self.model.params.items():
+            next_w, next_config = self.update_rule(w, grads[p], self.optim_configs[p])
+            self.model.params[p] = next_w
+            self.optim_configs[p] = next_config
+
+    def _flush_losses(self):
+        """
+        Move pending losses into loss_history as Python floats (on the GPU this
+        is the only synchronization of a step, done in batches). Returns the
+        (iteration, value) of the first non-finite loss, or None.
+        """
+        bad = None
+        pending, self._pending_losses = self._pending_losses, []
+        if pending and is_cupy_array(pending[0]):
+            xp = get_array_module(pending[0])
+            values = asnumpy(xp.stack([xp.asarray(v) for v in pending])).tolist()
+        else:
+            values = [float(v) for v in pending]
+        first = len(self.loss_history)
+        for i, v in enumerate(values):
+            if bad is None and not math.isfinite(v):
+                bad = (first + i, v)
+        self.loss_history.extend(values)
+        return bad
+
+    # -- accuracy ----------------------------------------------------------------
+
+    def check_accuracy(self, X, y, num_samples=None, batch_size=100):
+        """
+        Check accuracy of the model on the provided data.
+
+        Inputs:
+        - X: Array of data, of shape (N, d_1, ..., d_k)
+        - y: Array of labels, of shape (N,)
+        - num_samples: If not None, subsample the data and only test the model
+          on num_samples datapoints.
+        - batch_size: Split X and y into batches of this size to avoid using
+          too much memory.
+
+        Returns:
+        - acc: Scalar (Python float) giving the fraction of instances that were
+          correctly classified by the model.
+        """
+        N = X.shape[0]
+        if num_samples is not None and N > num_samples:
+            mask = np.random.choice(N, num_samples)
+            N = num_samples
+            X = X[mask]
+            y = y[mask]
+        if N == 0:
+            return 0.0
+        batch_size = check_positive_int(batch_size, "batch_size")
+        preds = []
+        xp = None
+        for start in range(0, N, batch_size):
+            scores = self.model.loss(X[start:start + batch_size])
+            xp = get_array_module(scores)
+            preds.append(xp.argmax(scores, axis=1))
+        y_pred = xp.concatenate(preds)
+        y_dev = asarray_like(y, y_pred)
+        return float((y_pred == y_dev).mean())
+
+    # -- checkpoints -------------------------------------------------------------
+
+    def _model_running_stats(self):
+        dicts = getattr(self.model, "bn_params", None) or []
+        return [{k: v for k, v in d.items() if k in ("running_mean", "running_var")}
+                for d in dicts]
+
+    def checkpoint_state(self):
+        """Everything needed to resume training, as a nested dict of arrays and values."""
+        return {
+            "model": type(self.model).__name__,
+            "update_rule": self.update_rule_name,
+            "lr_decay": self.lr_decay,
+            "batch_size": self.batch_size,
+            "num_train_samples": self.num_train_samples,
+            "num_val_samples": self.num_val_samples,
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "params": self.model.params,
+            "running_stats": self._model_running_stats(),
+            "optim_configs": self.optim_configs,
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "best_params": self.best_params,
+            "loss_history": self.loss_history,
+            "train_acc_history": self.train_acc_history,
+            "val_acc_history": self.val_acc_history,
+            "rng_state": _rng_state_to_list(np.random.get_state()),
+        }
+
+    def _save_checkpoint(self):
+        if self.checkpoint_name is None:
+            return None
+        filename = "%s_epoch_%d.npz" % (self.checkpoint_name, self.epoch)
+        if self.verbose:
+            print('Saving checkpoint to "%s"' % filename)
+        serialization.save_state(filename, self.checkpoint_state())
+        return filename
+
+    def load_checkpoint(self, filename):
+        """
+        Restore the model, update-rule state, histories, best parameters and
+        NumPy's random state from a checkpoint written by this Solver's
+        ``checkpoint_name`` option. A later ``train()`` continues where the
+        checkpoint was taken, up to ``num_epochs``.
+        """
+        state = serialization.load_state(filename)
+        if state.get("model") != type(self.model).__name__:
+            raise ValueError("%s is a checkpoint of a %s, not of a %s"
+                             % (filename, state.get("model"), type(self.model).__name__))
+        if set(state["params"]) != set(self.model.params):
+            raise ValueError("checkpoint %s has parameters %s but the model has %s"
+                             % (filename, sorted(state["params"]), sorted(self.model.params)))
+        for k, v in state["params"].items():
+            if v.shape != self.model.params[k].shape:
+                raise ValueError("checkpoint parameter %s has shape %s, the model's has %s"
+                                 % (k, v.shape, self.model.params[k].shape))
+        like = next(iter(self.model.params.values()))
+        dtype = like.dtype
+
+        def to_model(tree):
+            if isinstance(tree, dict):
+                return {k: to_model(v) for k, v in tree.items()}
+            if isinstance(tree, np.ndarray) and tree.dtype.kind == "f":
+                return asarray_like(tree, like, dtype=dtype)
+            return tree
+
+        self.model.params = to_model(state["params"])
+        for d, saved in zip(getattr(self.model, "bn_params", None) or [],
+                            state["running_stats"]):
+            d.update(to_model(saved))
+        self.optim_configs = to_model(state["optim_configs"])
+        self.best_params = to_model(state["best_params"])
+        self.best_val_acc = state["best_val_acc"]
+        self.best_epoch = state["best_epoch"]
+        self.epoch = state["epoch"]
+        self.iteration = state["iteration"]
+        self.loss_history = list(state["loss_history"])
+        self.train_acc_history = list(state["train_acc_history"])
+        self.val_acc_history = list(state["val_acc_history"])
+        self._pending_losses = []
+        np.random.set_state(_rng_state_from_list(state["rng_state"]))
+
+    # -- training ----------------------------------------------------------------
+
+    def _snapshot_params(self):
+        return {k: v.copy() for k, v in self.model.params.items()}
+
+    def _stop_on_bad_loss(self, bad):
+        it, value = bad
+        self.stopped = (it, value)
+        msg = ("training stopped at iteration %d (epoch %d): the loss is %r. "
+               % (it + 1, self.epoch, value))
+        if self.best_epoch is not None:
+            msg += ("The parameters were restored to those with the best validation "
+                    "accuracy, %f at epoch %d. " % (self.best_val_acc, self.best_epoch))
+        else:
+            msg += "The parameters were restored to their values before training. "
+        msg += "Lower the learning rate or the weight scale."
+        warnings.warn(msg, TrainingStopped, stacklevel=3)
+        if self.verbose:
+            print(msg)
+
+    def train(self):
+        """
+        Run optimization to train the model. Stops early, restoring the best
+        parameters, if the loss becomes NaN or infinite (see ``self.stopped``).
+        """
+        num_train = self.X_train.shape[0]
+        iterations_per_epoch = max(num_train // self.batch_size, 1)
+        num_iterations = self.num_epochs * iterations_per_epoch
+        on_gpu = is_cupy_array(next(iter(self.model.params.values()), None))
+        if not self.best_params:
+            self.best_params = self._snapshot_params()
+        self.stopped = None
+
+        for t in range(self.iteration, num_iterations):
+            self._step()
+            self.iteration = t + 1
+
+            print_now = self.verbose and self.print_every > 0 and t % self.print_every == 0
+            epoch_end = (t + 1) % iterations_per_epoch == 0
+            first_it = t == 0
+            last_it = t == num_iterations - 1
+            check_now = first_it or last_it or epoch_end
+            # On the GPU, losses are fetched in batches so that steps queue up.
+            if print_now or check_now or not on_gpu or len(self._pending_losses) >= 32:
+                bad = self._flush_losses()
+                if bad is not None:
+                    self._stop_on_bad_loss(bad)
+                    break
+
+            if print_now:
+                print("(Iteration %d / %d) loss: %f" % (t + 1, num_iterations,
+                                                        self.loss_history[-1]))
+
+            # At the end of every epoch, increment the epoch counter and decay
+            # the learning rate.
+            if epoch_end:
+                self.epoch += 1
+                for k in self.optim_configs:
+                    if "learning_rate" in self.optim_configs[k]:
+                        self.optim_configs[k]["learning_rate"] *= self.lr_decay
+
+            # Check train and val accuracy on the first iteration, the last
+            # iteration, and at the end of each epoch.
+            if check_now:
+                train_acc = self.check_accuracy(self.X_train, self.y_train,
+                                                num_samples=self.num_train_samples)
+                val_acc = self.check_accuracy(self.X_val, self.y_val,
+                                              num_samples=self.num_val_samples)
+                self.train_acc_history.append(train_acc)
+                self.val_acc_history.append(val_acc)
+
+                if self.verbose:
+                    print("(Epoch %d / %d) train acc: %f; val_acc: %f"
+                          % (self.epoch, self.num_epochs, train_acc, val_acc))
+
+                # Keep track of the best model
+                if val_acc > self.best_val_acc:
+                    self.best_val_acc = val_acc
+                    self.best_epoch = self.epoch
+                    self.best_params = self._snapshot_params()
+                if epoch_end or last_it:
+                    self._save_checkpoint()
+        else:
+            self._flush_losses()
+
+        # At the end of training swap the best params into the model
+        self.model.params = dict(self.best_params)
+
+
+def _rng_state_to_list(state):
+    name, keys, pos, has_gauss, cached = state
+    return [name, np.asarray(keys), int(pos), int(has_gauss), float(cached)]
+
+
+def _rng_state_from_list(state):
+    name, keys, pos, has_gauss, cached = state
+    return (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
