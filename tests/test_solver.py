@@ -1,0 +1,171 @@
+"""The Solver: printed lines, histories, learning-rate decay, best-params
+restoration, stopping on a bad loss, checkpoints and resuming, bad input."""
+import glob
+import os
+import re
+
+import numpy as np
+import pytest
+
+from xdl.classifiers import FullyConnectedNet, TwoLayerNet
+from xdl.serialization import load_state
+from xdl.solver import Solver, TrainingStopped
+
+from helpers import host
+
+
+def small_data(N=60, D=12, C=3, seed=0):
+    rng = np.random.RandomState(seed)
+    centers = rng.randn(C, D) * 3
+    y = rng.randint(C, size=N + 20)
+    X = centers[y] + rng.randn(N + 20, D)
+    return {"X_train": X[:N], "y_train": y[:N], "X_val": X[N:], "y_val": y[N:]}
+
+
+def make_model(seed=0, **kw):
+    np.random.seed(seed)
+    return TwoLayerNet(input_dim=12, hidden_dim=16, num_classes=3, weight_scale=1e-1, **kw)
+
+
+def test_prints_notebook_lines_and_float_histories(backend, capsys):
+    solver = Solver(make_model(), small_data(), update_rule="sgd",
+                    optim_config={"learning_rate": 1e-2}, num_epochs=2, batch_size=20,
+                    print_every=2)
+    solver.train()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("(Iteration 1 / 6) loss: ")
+    assert re.fullmatch(r"\(Epoch 0 / 2\) train acc: \d\.\d{6}; val_acc: \d\.\d{6}", out[1])
+    assert out[-1].startswith("(Epoch 2 / 2) train acc: ")
+    assert len(solver.loss_history) == 6
+    assert len(solver.train_acc_history) == len(solver.val_acc_history) == 3
+    for h in (solver.loss_history, solver.train_acc_history, solver.val_acc_history):
+        assert all(type(v) is float for v in h)
+
+
+def test_training_learns_and_keeps_best_params(backend):
+    model = make_model()
+    solver = Solver(model, small_data(), update_rule="adam",
+                    optim_config={"learning_rate": 1e-2}, num_epochs=5, batch_size=20,
+                    verbose=False)
+    solver.train()
+    assert solver.loss_history[-1] < solver.loss_history[0]
+    assert solver.best_val_acc == max(solver.val_acc_history) > 0.6
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(host(v), host(solver.best_params[k]))
+        assert isinstance(v, backend.ndarray)
+    # check_accuracy on the validation set reproduces the best accuracy
+    assert solver.check_accuracy(small_data()["X_val"], small_data()["y_val"]) == \
+        solver.best_val_acc
+
+
+@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "rmsprop", "adam"])
+def test_every_update_rule_by_name(rule):
+    solver = Solver(make_model(), small_data(), update_rule=rule,
+                    optim_config={"learning_rate": 1e-3}, num_epochs=1, batch_size=20,
+                    verbose=False)
+    solver.train()
+    assert len(solver.loss_history) == 3
+
+
+def test_lr_decay_per_epoch():
+    solver = Solver(make_model(), small_data(), update_rule="sgd",
+                    optim_config={"learning_rate": 1.0}, lr_decay=0.5, num_epochs=3,
+                    batch_size=30, verbose=False)
+    solver.train()
+    assert all(c["learning_rate"] == pytest.approx(0.125) for c in solver.optim_configs.values())
+
+
+def test_check_accuracy_batches_and_subsamples():
+    model = make_model()
+    data = small_data()
+    solver = Solver(model, data, verbose=False)
+    full = solver.check_accuracy(data["X_train"], data["y_train"], batch_size=7)
+    assert full == solver.check_accuracy(data["X_train"], data["y_train"], batch_size=100)
+    preds = np.argmax(host(model.loss(data["X_train"])), axis=1)
+    assert full == pytest.approx(np.mean(preds == data["y_train"]))
+    sub = solver.check_accuracy(data["X_train"], data["y_train"], num_samples=10)
+    assert sub in {i / 10 for i in range(11)}
+
+
+def test_nonfinite_loss_stops_and_restores_best(backend):
+    model = make_model()
+    solver = Solver(model, small_data(), update_rule="sgd",
+                    optim_config={"learning_rate": 1e30}, num_epochs=3, batch_size=20,
+                    verbose=False)
+    with pytest.warns(TrainingStopped, match=r"training stopped at iteration \d+ \(epoch 0\): "
+                                             r"the loss is (nan|inf)"):
+        with np.errstate(all="ignore"):
+            solver.train()
+    it, value = solver.stopped
+    assert not np.isfinite(value) and it < 9
+    for k, v in model.params.items():
+        assert np.all(np.isfinite(host(v)))
+        np.testing.assert_array_equal(host(v), host(solver.best_params[k]))
+    assert solver.best_epoch == 0
+
+
+def test_checkpoints_are_written_each_epoch_and_resume_matches(tmp_path):
+    data = small_data()
+    name = str(tmp_path / "ckpt")
+    kwargs = dict(update_rule="adam", optim_config={"learning_rate": 1e-2}, lr_decay=0.9,
+                  batch_size=20, verbose=False)
+    np.random.seed(5)
+    full = Solver(make_model(seed=1), data, num_epochs=4, checkpoint_name=name, **kwargs)
+    full.train()
+    files = sorted(glob.glob(name + "_epoch_*.npz"))
+    assert [os.path.basename(f) for f in files] == ["ckpt_epoch_%d.npz" % e for e in (1, 2, 3, 4)]
+    assert not glob.glob(str(tmp_path / ".*.tmp"))  # no temp files left behind
+    state = load_state(name + "_epoch_2.npz")
+    assert state["epoch"] == 2 and state["iteration"] == 6
+
+    resumed = Solver(make_model(seed=99), data, num_epochs=4, **kwargs)
+    resumed.load_checkpoint(name + "_epoch_2.npz")
+    assert resumed.epoch == 2 and len(resumed.loss_history) == 6
+    resumed.train()
+    np.testing.assert_allclose(resumed.loss_history, full.loss_history, rtol=1e-6)
+    assert resumed.val_acc_history == full.val_acc_history
+    for k in full.model.params:
+        np.testing.assert_allclose(host(resumed.model.params[k]), host(full.model.params[k]),
+                                   rtol=1e-6)
+
+
+def test_checkpoint_restores_batchnorm_running_stats(tmp_path):
+    data = small_data()
+    np.random.seed(0)
+    model = FullyConnectedNet([8], input_dim=12, num_classes=3, normalization="batchnorm")
+    solver = Solver(model, data, num_epochs=1, batch_size=20, verbose=False,
+                    checkpoint_name=str(tmp_path / "bn"))
+    solver.train()
+    np.random.seed(0)
+    fresh = FullyConnectedNet([8], input_dim=12, num_classes=3, normalization="batchnorm")
+    Solver(fresh, data, verbose=False).load_checkpoint(str(tmp_path / "bn_epoch_1.npz"))
+    np.testing.assert_array_equal(host(fresh.bn_params[0]["running_mean"]),
+                                  host(model.bn_params[0]["running_mean"]))
+
+
+def test_load_checkpoint_of_another_model_fails(tmp_path):
+    data = small_data()
+    solver = Solver(make_model(), data, num_epochs=1, batch_size=20, verbose=False,
+                    checkpoint_name=str(tmp_path / "c"))
+    solver.train()
+    other = Solver(FullyConnectedNet([5], input_dim=12, num_classes=3), data, verbose=False)
+    with pytest.raises(ValueError, match="checkpoint of a TwoLayerNet, not of a "
+                                         "FullyConnectedNet"):
+        other.load_checkpoint(str(tmp_path / "c_epoch_1.npz"))
+
+
+def test_bad_arguments():
+    data = small_data()
+    with pytest.raises(ValueError, match="unknown update rule 'nesterov'"):
+        Solver(make_model(), data, update_rule="nesterov")
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        Solver(make_model(), data, batch_size=0)
+    with pytest.raises(ValueError, match="lr_decay must be a number > 0"):
+        Solver(make_model(), data, lr_decay=-1)
+    with pytest.raises(ValueError, match="data is missing 'X_val'"):
+        Solver(make_model(), {k: v for k, v in data.items() if k != "X_val"})
+    bad = dict(data, y_train=data["y_train"][:-1])
+    with pytest.raises(ValueError, match=r"y_train must have shape \(60,\)"):
+        Solver(make_model(), bad)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'epochs'"):
+        Solver(make_model(), data, epochs=3)

@@ -1,0 +1,139 @@
+"""A three-layer convolutional network."""
+import numpy as np
+
+from xdl.classifiers.base import Model, register
+from xdl.layers import _softmax_loss, affine_backward, affine_forward
+from xdl.layer_utils import (
+    affine_norm_relu_backward,
+    affine_norm_relu_forward,
+    conv_bn_relu_pool_backward,
+    conv_bn_relu_pool_forward,
+    conv_relu_pool_backward,
+    conv_relu_pool_forward,
+)
+from xdl._checks import check_positive_int
+
+
+@register
+class ThreeLayerConvNet(Model):
+    """
+    A three-layer convolutional network with the following architecture:
+
+    conv - [spatial batchnorm] - relu - 2x2 max pool - affine - [batchnorm] -
+    relu - affine - softmax
+
+    The network operates on minibatches of data that have shape (N, C, H, W)
+    consisting of N images, each with height H and width W and with C input
+    channels. The convolution keeps the spatial size (stride 1, padding
+    (filter_size - 1) // 2), so H and W must be even for the pooling.
+    """
+
+    def __init__(self, input_dim=(3, 32, 32), num_filters=32, filter_size=7,
+                 hidden_dim=100, num_classes=10, weight_scale=1e-3, reg=0.0,
+                 dtype=np.float32, normalization=None):
+        """
+        Initialize a new network.
+
+        Inputs:
+        - input_dim: Tuple (C, H, W) giving size of input data
+        - num_filters: Number of filters to use in the convolutional layer
+        - filter_size: Width/height of filters to use in the convolutional layer
+          (odd, so that the padding keeps the spatial size)
+        - hidden_dim: Number of units to use in the fully-connected hidden layer
+        - num_classes: Number of scores to produce from the final affine layer.
+        - weight_scale: Scalar giving standard deviation for random initialization
+          of weights.
+        - reg: Scalar giving L2 regularization strength
+        - dtype: numpy datatype to use for computation.
+        - normalization: None, or 'batchnorm' for spatial batch normalization
+          after the convolution and batch normalization after the hidden affine
+          layer (parameters gamma1, beta1, gamma2, beta2).
+        """
+        input_dim = tuple(int(d) for d in input_dim)
+        super().__init__(dict(input_dim=list(input_dim), num_filters=num_filters,
+                              filter_size=filter_size, hidden_dim=hidden_dim,
+                              num_classes=num_classes, weight_scale=weight_scale, reg=reg,
+                              normalization=normalization))
+        if len(input_dim) != 3:
+            raise ValueError("input_dim must be (C, H, W), got %r" % (input_dim,))
+        C, H, W = (check_positive_int(d, "input_dim") for d in input_dim)
+        F = check_positive_int(num_filters, "num_filters")
+        fs = check_positive_int(filter_size, "filter_size")
+        hidden = check_positive_int(hidden_dim, "hidden_dim")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        if fs % 2 == 0:
+            raise ValueError("filter_size must be odd so the convolution keeps the size, got %d" % fs)
+        if H % 2 or W % 2:
+            raise ValueError("input height and width must be even for the 2x2 pool, got %dx%d"
+                             % (H, W))
+        if normalization not in (None, "batchnorm"):
+            raise ValueError("normalization must be None or 'batchnorm', got %r" % (normalization,))
+        self.input_dim = input_dim
+        self.normalization = normalization
+        self.reg = reg
+        host = {
+            "W1": weight_scale * np.random.randn(F, C, fs, fs),
+            "b1": np.zeros(F),
+            "W2": weight_scale * np.random.randn(F * (H // 2) * (W // 2), hidden),
+            "b2": np.zeros(hidden),
+            "W3": weight_scale * np.random.randn(hidden, self.num_classes),
+            "b3": np.zeros(self.num_classes),
+        }
+        if normalization == "batchnorm":
+            host.update(gamma1=np.ones(F), beta1=np.zeros(F),
+                        gamma2=np.ones(hidden), beta2=np.zeros(hidden))
+        self._set_initial_params(host, dtype)
+        self.conv_param = {"stride": 1, "pad": (fs - 1) // 2}
+        self.pool_param = {"pool_height": 2, "pool_width": 2, "stride": 2}
+        self.bn_params = [{"mode": "train"}, {"mode": "train"}] if normalization else []
+
+    def _state_dicts(self):
+        return self.bn_params
+
+    def loss(self, X, y=None):
+        """
+        Evaluate loss and gradient for the three-layer convolutional network.
+
+        Input / output: Same API as TwoLayerNet in fc_net.py.
+        """
+        p = self.params
+        X = self._input(X, self.input_dim)
+        X = X.reshape((X.shape[0],) + self.input_dim)
+        mode = "test" if y is None else "train"
+        for bn_param in self.bn_params:
+            bn_param["mode"] = mode
+
+        if self.normalization:
+            pooled, conv_cache = conv_bn_relu_pool_forward(
+                X, p["W1"], p["b1"], p["gamma1"], p["beta1"],
+                self.conv_param, self.bn_params[0], self.pool_param)
+            hidden, hidden_cache = affine_norm_relu_forward(
+                pooled, p["W2"], p["b2"], p["gamma2"], p["beta2"], self.bn_params[1],
+                "batchnorm")
+        else:
+            pooled, conv_cache = conv_relu_pool_forward(
+                X, p["W1"], p["b1"], self.conv_param, self.pool_param)
+            hidden, hidden_cache = affine_norm_relu_forward(
+                pooled, p["W2"], p["b2"], None, None, None, None)
+        scores, scores_cache = affine_forward(hidden, p["W3"], p["b3"])
+        if y is None:
+            return scores
+
+        y = self._labels(y, X.shape[0], self.num_classes)
+        loss, dscores = _softmax_loss(scores, y)
+        loss = loss + self._l2(("W1", "W2", "W3"))
+
+        grads = {}
+        dhidden, grads["W3"], grads["b3"] = affine_backward(dscores, scores_cache)
+        dpooled, grads["W2"], grads["b2"], dgamma2, dbeta2 = \
+            affine_norm_relu_backward(dhidden, hidden_cache)
+        if self.normalization:
+            _, grads["W1"], grads["b1"], dgamma1, dbeta1 = \
+                conv_bn_relu_pool_backward(dpooled, conv_cache)
+            grads.update(gamma1=dgamma1, beta1=dbeta1, gamma2=dgamma2, beta2=dbeta2)
+        else:
+            _, grads["W1"], grads["b1"] = conv_relu_pool_backward(dpooled, conv_cache)
+        if self.reg:
+            for name in ("W1", "W2", "W3"):
+                grads[name] += self.reg * p[name]
+        return loss, grads
