@@ -30,6 +30,21 @@ def _indices(shape):
     return np.ndindex(*shape)
 
 
+def _perturbed(f, x, ix, h):
+    """Return (f(x + h e_ix), f(x - h e_ix)), restoring x[ix] afterwards."""
+    oldval = x[ix].copy()
+    try:
+        x[ix] = oldval + h
+        plus = f(x)
+        plus = plus.copy() if hasattr(plus, "copy") else plus
+        x[ix] = oldval - h
+        minus = f(x)
+        minus = minus.copy() if hasattr(minus, "copy") else minus
+    finally:
+        x[ix] = oldval
+    return plus, minus
+
+
 def eval_numerical_gradient(f, x, verbose=True, h=0.00001):
     """
     A naive implementation of numerical gradient of f at x.
@@ -46,13 +61,8 @@ def eval_numerical_gradient(f, x, verbose=True, h=0.00001):
     xp = get_array_module(x)
     grad = xp.zeros(x.shape, dtype=np.float64)
     for ix in _indices(x.shape):
-        oldval = x[ix].copy()
-        x[ix] = oldval + h
-        fxph = float(f(x))
-        x[ix] = oldval - h
-        fxmh = float(f(x))
-        x[ix] = oldval
-        grad[ix] = (fxph - fxmh) / (2 * h)
+        fxph, fxmh = _perturbed(f, x, ix, h)
+        grad[ix] = (float(fxph) - float(fxmh)) / (2 * h)
         if verbose:
             print(ix, float(grad[ix]))
     return grad.astype(x.dtype, copy=False)
@@ -75,12 +85,7 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     xp = get_array_module(x, df)
     grad = xp.zeros(x.shape, dtype=np.float64)
     for ix in _indices(x.shape):
-        oldval = x[ix].copy()
-        x[ix] = oldval + h
-        pos = f(x).copy()
-        x[ix] = oldval - h
-        neg = f(x).copy()
-        x[ix] = oldval
+        pos, neg = _perturbed(f, x, ix, h)
         grad[ix] = float(((pos - neg) * df).sum()) / (2 * h)
     return grad.astype(x.dtype, copy=False)
 
@@ -107,13 +112,8 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5):
     errors = []
     for _ in range(num_checks):
         ix = tuple(randrange(m) for m in x.shape)
-        oldval = x[ix].copy()
-        x[ix] = oldval + h
-        fxph = float(f(x))
-        x[ix] = oldval - h
-        fxmh = float(f(x))
-        x[ix] = oldval
-        grad_numerical = (fxph - fxmh) / (2 * h)
+        fxph, fxmh = _perturbed(f, x, ix, h)
+        grad_numerical = (float(fxph) - float(fxmh)) / (2 * h)
         grad_analytic = float(analytic_grad[ix])
         denom = abs(grad_numerical) + abs(grad_analytic)
         rel = abs(grad_numerical - grad_analytic) / denom if denom > 0 else 0.0
