@@ -156,6 +156,10 @@ def softmax_loss(x, y):
 
 def _softmax_loss(x, y):
     """softmax_loss without the input checks, for models that checked y on the host."""
+    if is_cupy_array(x):
+        # One fused kernel on the GPU instead of about fifteen launches.
+        from xdl.backends import cuda
+        return cuda.softmax_loss(x, y)
     xp = get_array_module(x)
     N = x.shape[0]
     rows = xp.arange(N)

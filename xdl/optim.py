@@ -19,13 +19,17 @@ Returns:
     update rule.
 
 Rules work on numpy and cupy arrays; their state (velocity, caches, moments)
-is created on w's device with w's dtype. ``get_update_rule(name)`` looks a
-rule up by name for the Solver.
+is created on w's device with w's dtype. On the GPU each rule runs as one
+fused kernel (``xdl.backends.cuda``) instead of one launch per array
+operation; the formulas are the same. ``get_update_rule(name)`` looks a rule
+up by name for the Solver.
 """
 import math
 import numbers
 
-from xdl.backends import get_array_module
+import numpy as np
+
+from xdl.backends import get_array_module, is_cupy_array
 
 
 def _check(w, dw, config):
@@ -61,6 +65,20 @@ def _state(config, name, w):
     return s
 
 
+def _fused_kernels(w, *arrays):
+    """
+    The fused GPU update kernels (the module xdl.backends.cuda) when w is a
+    float32/float64 cupy array and every other array shares its dtype; None
+    otherwise, and the NumPy formulas run.
+    """
+    if not is_cupy_array(w) or w.dtype not in (np.float32, np.float64):
+        return None
+    if any(a.dtype != w.dtype for a in arrays):
+        return None
+    from xdl.backends import cuda
+    return cuda
+
+
 def sgd(w, dw, config=None):
     """
     Performs vanilla stochastic gradient descent.
@@ -70,6 +88,9 @@ def sgd(w, dw, config=None):
     """
     config = _check(w, dw, config)
     lr = _hyper(config, "learning_rate", 1e-2)
+    fused = _fused_kernels(w, dw)
+    if fused is not None:
+        return fused.sgd(w, dw, lr), config
     return w - lr * dw, config
 
 
@@ -88,9 +109,14 @@ def sgd_momentum(w, dw, config=None):
     lr = _hyper(config, "learning_rate", 1e-2)
     mu = _hyper(config, "momentum", 0.9, hi=1.0)
     v = _state(config, "velocity", w)
-    v = mu * v - lr * dw
+    fused = _fused_kernels(w, dw, v)
+    if fused is not None:
+        next_w, v = fused.sgd_momentum(w, dw, v, lr, mu)
+    else:
+        v = mu * v - lr * dw
+        next_w = w + v
     config["velocity"] = v
-    return w + v, config
+    return next_w, config
 
 
 def rmsprop(w, dw, config=None):
@@ -111,9 +137,14 @@ def rmsprop(w, dw, config=None):
     decay = _hyper(config, "decay_rate", 0.99, hi=1.0)
     eps = _hyper(config, "epsilon", 1e-8)
     cache = _state(config, "cache", w)
-    cache = decay * cache + (1 - decay) * (dw * dw)
+    fused = _fused_kernels(w, dw, cache)
+    if fused is not None:
+        next_w, cache = fused.rmsprop(w, dw, cache, lr, decay, eps)
+    else:
+        cache = decay * cache + (1 - decay) * (dw * dw)
+        next_w = w - lr * dw / (xp.sqrt(cache) + eps)
     config["cache"] = cache
-    return w - lr * dw / (xp.sqrt(cache) + eps), config
+    return next_w, config
 
 
 def adam(w, dw, config=None):
@@ -139,12 +170,16 @@ def adam(w, dw, config=None):
     m = _state(config, "m", w)
     v = _state(config, "v", w)
     t = config.get("t", 0) + 1
-    m = beta1 * m + (1 - beta1) * dw
-    v = beta2 * v + (1 - beta2) * (dw * dw)
     # Bias correction, folded into the step size.
     step = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
     eps_hat = eps * math.sqrt(1 - beta2 ** t)
-    next_w = w - step * m / (xp.sqrt(v) + eps_hat)
+    fused = _fused_kernels(w, dw, m, v)
+    if fused is not None:
+        next_w, m, v = fused.adam(w, dw, m, v, beta1, beta2, step, eps_hat)
+    else:
+        m = beta1 * m + (1 - beta1) * dw
+        v = beta2 * v + (1 - beta2) * (dw * dw)
+        next_w = w - step * m / (xp.sqrt(v) + eps_hat)
     config.update(m=m, v=v, t=t)
     return next_w, config
 
