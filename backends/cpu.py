@@ -1,5 +1,7 @@
 """CPU kernels: the compiled Cython extension ``_cpu_kernels`` when it was
 built by ``pip install``, else the NumPy reference kernels (warned once).
+The extension calls BLAS through ``scipy.linalg.cython_blas``; a missing
+scipy at run time also selects the fallback.
 
 Both expose the same functions (see ``numpy_kernels`` for the layouts):
 im2col, col2im, conv_forward, conv_backward, maxpool_forward,
@@ -34,7 +36,8 @@ def kernels():
         _warned = True
         warnings.warn(
             "xdl's compiled CPU kernels (xdl.backends._cpu_kernels) are not available "
-            "(%s); using the slower NumPy fallback. Reinstall with a C compiler and "
-            "OpenMP available: pip install --force-reinstall --no-deps xdl" % _import_error,
+            "(%s); using the slower NumPy fallback. Reinstall with a C compiler, "
+            "Cython and scipy available: pip install --force-reinstall --no-deps xdl"
+            % _import_error,
             SlowFallbackWarning, stacklevel=3)
     return numpy_kernels

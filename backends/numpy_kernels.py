@@ -86,19 +86,29 @@ def conv_forward(x, w, b, stride, pad, OH, OW):
     return out
 
 
-def conv_backward(dout, x, w, stride, pad, OH, OW):
-    """Returns (dx, dw, db) for conv_forward; im2col is recomputed per chunk."""
+def conv_backward(dout, x, w, stride, pad, OH, OW, compute_dx=True):
+    """
+    Gradients of conv_forward; im2col is recomputed chunk by chunk.
+
+    Inputs:
+    - dout: (N, F, OH, OW); x, w: the forward inputs
+    - compute_dx: False skips dx (returned as None)
+
+    Returns a tuple of (dx, dw, db).
+    """
     xp = get_array_module(dout, x, w)
     N = x.shape[0]
     F, C, KH, KW = w.shape
     w2 = w.reshape(F, -1)
-    dx = xp.empty_like(x)
+    dx = xp.empty(x.shape, dtype=x.dtype) if compute_dx else None
     dw = xp.zeros((F, C * KH * KW), dtype=w.dtype)
     for n0, n1 in _chunks(N, C * KH * KW * OH * OW):
         d2 = dout[n0:n1].transpose(1, 0, 2, 3).reshape(F, -1)
         cols = im2col(x[n0:n1], KH, KW, stride, pad, OH, OW)
         dw += d2 @ cols.T
-        dx[n0:n1] = col2im(w2.T @ d2, (n1 - n0,) + x.shape[1:], KH, KW, stride, pad, OH, OW)
+        if compute_dx:
+            dx[n0:n1] = col2im(w2.T @ d2, (n1 - n0,) + x.shape[1:],
+                               KH, KW, stride, pad, OH, OW)
     return dx, dw.reshape(w.shape), dout.sum(axis=(0, 2, 3))
 
 

@@ -399,19 +399,20 @@ def test_fused_update_rules_match_numpy_formulas(dev, dtype):
     e_w, _ = optim.sgd(w, dw, {"learning_rate": 0.1})
     assert_close(cuda.sgd(put(w), put(dw), 0.1), e_w, dtype)
 
-    cfg = {"learning_rate": 0.1, "momentum": 0.8, "velocity": s1}
+    # The CPU rules update their state in place: give them copies.
+    cfg = {"learning_rate": 0.1, "momentum": 0.8, "velocity": s1.copy()}
     e_w, cfg = optim.sgd_momentum(w, dw, cfg)
     got_w, got_v = cuda.sgd_momentum(put(w), put(dw), S1, 0.1, 0.8)
     assert_close(got_w, e_w, dtype)
     assert_close(got_v, cfg["velocity"], dtype)
 
-    cfg = {"learning_rate": 0.01, "decay_rate": 0.9, "epsilon": 1e-8, "cache": s2}
+    cfg = {"learning_rate": 0.01, "decay_rate": 0.9, "epsilon": 1e-8, "cache": s2.copy()}
     e_w, cfg = optim.rmsprop(w, dw, cfg)
     got_w, got_c = cuda.rmsprop(put(w), put(dw), S2, 0.01, 0.9, 1e-8)
     assert_close(got_w, e_w, dtype)
     assert_close(got_c, cfg["cache"], dtype)
 
-    cfg = {"learning_rate": 0.01, "m": s1, "v": s2, "t": 4}
+    cfg = {"learning_rate": 0.01, "m": s1.copy(), "v": s2.copy(), "t": 4}
     e_w, cfg = optim.adam(w, dw, cfg)
     t = 5
     step = 0.01 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)

@@ -36,13 +36,15 @@ def conv_forward_fast(x, w, b, conv_param):
     return out, (x, w, b, conv_param)
 
 
-def conv_backward_fast(dout, cache):
+def conv_backward_fast(dout, cache, compute_dx=True):
     """
     Fast convolution backward pass.
 
     Inputs:
     - dout: Upstream derivatives, of shape (N, F, H', W')
     - cache: (x, w, b, conv_param) from conv_forward_fast or conv_forward_naive
+    - compute_dx: False skips the gradient with respect to x (returned as
+      None): a network's first layer does not need it.
 
     Returns a tuple of (dx, dw, db).
     """
@@ -53,13 +55,15 @@ def conv_backward_fast(dout, cache):
     if dout.shape != expected:
         raise ValueError("dout must have shape %s, got %s" % (expected, dout.shape))
     _same_dtype("conv_backward_fast", dout, x, w)
-    return kernels_for(x).conv_backward(dout, x, w, stride, pad, out_h, out_w)
+    return kernels_for(x).conv_backward(dout, x, w, stride, pad, out_h, out_w,
+                                        compute_dx=compute_dx)
 
 
 def max_pool_forward_fast(x, pool_param):
     """
-    Fast max-pooling forward pass (any window and stride that tile x; a
-    reshape path for non-overlapping windows).
+    Fast max-pooling forward pass (any window and stride that tile x). The
+    compiled CPU kernel special-cases 2x2 windows with stride 2; the NumPy
+    fallback reshapes non-overlapping windows instead of striding.
 
     Inputs / returns: as max_pool_forward_naive; the cache is
     (x, pool_param, argmax).

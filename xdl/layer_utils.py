@@ -139,13 +139,14 @@ def conv_relu_forward(x, w, b, conv_param):
     return out, (conv_cache, relu_cache)
 
 
-def conv_relu_backward(dout, cache):
+def conv_relu_backward(dout, cache, compute_dx=True):
     """
-    Backward pass for the conv-relu convenience layer. Returns (dx, dw, db).
+    Backward pass for the conv-relu convenience layer. Returns (dx, dw, db);
+    dx is None when compute_dx is False (a network's first layer).
     """
     conv_cache, relu_cache = cache
     da = relu_backward(dout, relu_cache)
-    return conv_backward_fast(da, conv_cache)
+    return conv_backward_fast(da, conv_cache, compute_dx=compute_dx)
 
 
 def conv_bn_relu_forward(x, w, b, gamma, beta, conv_param, bn_param):
@@ -156,13 +157,34 @@ def conv_bn_relu_forward(x, w, b, gamma, beta, conv_param, bn_param):
     return out, (conv_cache, bn_cache, relu_cache)
 
 
-def conv_bn_relu_backward(dout, cache):
-    """Backward pass for conv_bn_relu_forward. Returns (dx, dw, db, dgamma, dbeta)."""
+def conv_bn_relu_backward(dout, cache, compute_dx=True):
+    """
+    Backward pass for conv_bn_relu_forward. Returns (dx, dw, db, dgamma,
+    dbeta); dx is None when compute_dx is False.
+    """
     conv_cache, bn_cache, relu_cache = cache
     dan = relu_backward(dout, relu_cache)
     da, dgamma, dbeta = spatial_batchnorm_backward(dan, bn_cache)
-    dx, dw, db = conv_backward_fast(da, conv_cache)
+    dx, dw, db = conv_backward_fast(da, conv_cache, compute_dx=compute_dx)
     return dx, dw, db, dgamma, dbeta
+
+
+def _relu_pool_forward(a, pool_param):
+    """
+    relu then max pool, computed as max pool then relu: the two commute
+    (relu is monotone), and the ReLU then runs on the pooled array, a fraction
+    of the size. The gradients are the same too: a window whose maximum is
+    > 0 sends its gradient to the same (first) maximum either way, and one
+    whose maximum is <= 0 sends none. Returns (out, cache).
+    """
+    pooled, pool_cache = max_pool_forward_fast(a, pool_param)
+    out, relu_cache = relu_forward(pooled)
+    return out, (pool_cache, relu_cache)
+
+
+def _relu_pool_backward(dout, cache):
+    pool_cache, relu_cache = cache
+    return max_pool_backward_fast(relu_backward(dout, relu_cache), pool_cache)
 
 
 def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
@@ -179,30 +201,35 @@ def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
     - cache: Object to give to the backward pass
     """
     a, conv_cache = conv_forward_fast(x, w, b, conv_param)
-    s, relu_cache = relu_forward(a)
-    out, pool_cache = max_pool_forward_fast(s, pool_param)
-    return out, (conv_cache, relu_cache, pool_cache)
+    out, relu_pool_cache = _relu_pool_forward(a, pool_param)
+    return out, (conv_cache, relu_pool_cache)
 
 
-def conv_relu_pool_backward(dout, cache):
+def conv_relu_pool_backward(dout, cache, compute_dx=True):
     """
-    Backward pass for the conv-relu-pool convenience layer. Returns (dx, dw, db).
+    Backward pass for the conv-relu-pool convenience layer. Returns (dx, dw,
+    db); dx is None when compute_dx is False (a network's first layer).
     """
-    conv_cache, relu_cache, pool_cache = cache
-    ds = max_pool_backward_fast(dout, pool_cache)
-    da = relu_backward(ds, relu_cache)
-    return conv_backward_fast(da, conv_cache)
+    conv_cache, relu_pool_cache = cache
+    da = _relu_pool_backward(dout, relu_pool_cache)
+    return conv_backward_fast(da, conv_cache, compute_dx=compute_dx)
 
 
 def conv_bn_relu_pool_forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
     """conv - spatial batchnorm - relu - max pool. Returns (out, cache)."""
-    s, inner_cache = conv_bn_relu_forward(x, w, b, gamma, beta, conv_param, bn_param)
-    out, pool_cache = max_pool_forward_fast(s, pool_param)
-    return out, (inner_cache, pool_cache)
+    a, conv_cache = conv_forward_fast(x, w, b, conv_param)
+    an, bn_cache = spatial_batchnorm_forward(a, gamma, beta, bn_param)
+    out, relu_pool_cache = _relu_pool_forward(an, pool_param)
+    return out, (conv_cache, bn_cache, relu_pool_cache)
 
 
-def conv_bn_relu_pool_backward(dout, cache):
-    """Backward pass for conv_bn_relu_pool_forward. Returns (dx, dw, db, dgamma, dbeta)."""
-    inner_cache, pool_cache = cache
-    ds = max_pool_backward_fast(dout, pool_cache)
-    return conv_bn_relu_backward(ds, inner_cache)
+def conv_bn_relu_pool_backward(dout, cache, compute_dx=True):
+    """
+    Backward pass for conv_bn_relu_pool_forward. Returns (dx, dw, db, dgamma,
+    dbeta); dx is None when compute_dx is False.
+    """
+    conv_cache, bn_cache, relu_pool_cache = cache
+    dan = _relu_pool_backward(dout, relu_pool_cache)
+    da, dgamma, dbeta = spatial_batchnorm_backward(dan, bn_cache)
+    dx, dw, db = conv_backward_fast(da, conv_cache, compute_dx=compute_dx)
+    return dx, dw, db, dgamma, dbeta

@@ -19,7 +19,10 @@ Returns:
     update rule.
 
 Rules work on numpy and cupy arrays; their state (velocity, caches, moments)
-is created on w's device with w's dtype. On the GPU each rule runs as one
+is created on w's device with w's dtype. On the CPU the state arrays in
+``config`` are updated in place and each step allocates one new array
+(next_w); fresh large temporaries cost page faults that make up a third of
+an unfused Adam step. w and dw are never modified. On the GPU each rule runs as one
 fused kernel (``xdl.backends.cuda``) instead of one launch per array
 operation; the formulas are the same. ``get_update_rule(name)`` looks a rule
 up by name for the Solver.
@@ -113,7 +116,8 @@ def sgd_momentum(w, dw, config=None):
     if fused is not None:
         next_w, v = fused.sgd_momentum(w, dw, v, lr, mu)
     else:
-        v = mu * v - lr * dw
+        v *= mu  # state updated in place: no page faults on fresh buffers
+        v -= lr * dw
         next_w = w + v
     config["velocity"] = v
     return next_w, config
@@ -141,8 +145,16 @@ def rmsprop(w, dw, config=None):
     if fused is not None:
         next_w, cache = fused.rmsprop(w, dw, cache, lr, decay, eps)
     else:
-        cache = decay * cache + (1 - decay) * (dw * dw)
-        next_w = w - lr * dw / (xp.sqrt(cache) + eps)
+        tmp = dw * dw  # the one new buffer of the step; it becomes next_w
+        tmp *= 1 - decay
+        cache *= decay
+        cache += tmp
+        xp.sqrt(cache, out=tmp)
+        tmp += eps
+        xp.divide(dw, tmp, out=tmp)
+        tmp *= -lr
+        tmp += w
+        next_w = tmp
     config["cache"] = cache
     return next_w, config
 
@@ -177,9 +189,19 @@ def adam(w, dw, config=None):
     if fused is not None:
         next_w, m, v = fused.adam(w, dw, m, v, beta1, beta2, step, eps_hat)
     else:
-        m = beta1 * m + (1 - beta1) * dw
-        v = beta2 * v + (1 - beta2) * (dw * dw)
-        next_w = w - step * m / (xp.sqrt(v) + eps_hat)
+        tmp = (1 - beta1) * dw  # the one new buffer of the step; it becomes next_w
+        m *= beta1
+        m += tmp
+        xp.multiply(dw, dw, out=tmp)
+        tmp *= 1 - beta2
+        v *= beta2
+        v += tmp
+        xp.sqrt(v, out=tmp)
+        tmp += eps_hat
+        xp.divide(m, tmp, out=tmp)
+        tmp *= -step
+        tmp += w
+        next_w = tmp
     config.update(m=m, v=v, t=t)
     return next_w, config
 

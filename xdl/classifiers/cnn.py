@@ -127,12 +127,14 @@ class ThreeLayerConvNet(Model):
         dhidden, grads["W3"], grads["b3"] = affine_backward(dscores, scores_cache)
         dpooled, grads["W2"], grads["b2"], dgamma2, dbeta2 = \
             affine_norm_relu_backward(dhidden, hidden_cache)
+        # The input needs no gradient: skip dx of the first convolution.
         if self.normalization:
             _, grads["W1"], grads["b1"], dgamma1, dbeta1 = \
-                conv_bn_relu_pool_backward(dpooled, conv_cache)
+                conv_bn_relu_pool_backward(dpooled, conv_cache, compute_dx=False)
             grads.update(gamma1=dgamma1, beta1=dbeta1, gamma2=dgamma2, beta2=dbeta2)
         else:
-            _, grads["W1"], grads["b1"] = conv_relu_pool_backward(dpooled, conv_cache)
+            _, grads["W1"], grads["b1"] = conv_relu_pool_backward(dpooled, conv_cache,
+                                                                  compute_dx=False)
         if self.reg:
             for name in ("W1", "W2", "W3"):
                 grads[name] += self.reg * p[name]

@@ -1,0 +1,503 @@
+"""Time xdl's fast convolution, pooling and a ThreeLayerConvNet training
+iteration against the naive layers and against PyTorch, in one run.
+
+    python examples/benchmark.py                    # CPU, float32 and float64
+    python examples/benchmark.py --dtype float32 --quick
+    python examples/benchmark.py --device cuda      # cupy arrays, torch on cuda
+
+Every number is the median of several timed repeats after warm-up runs, and
+every ratio compares timings taken in the same run: naive/xdl is xdl's
+speedup over the naive loops, xdl/torch < 1 means xdl is faster than
+PyTorch (same dtype, same number of threads). PyTorch is optional (it is
+never a dependency of xdl): without it those columns are empty.
+
+On the CPU, run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (they
+slow numpy's BLAS), on an otherwise idle machine:
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python examples/benchmark.py
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import xdl
+from xdl import optim
+from xdl.classifiers.cnn import ThreeLayerConvNet
+from xdl.fast_layers import (
+    conv_backward_fast,
+    conv_forward_fast,
+    max_pool_backward_fast,
+    max_pool_forward_fast,
+)
+from xdl.layers import (
+    conv_backward_naive,
+    conv_forward_naive,
+    max_pool_backward_naive,
+    max_pool_forward_naive,
+)
+
+CONV_CASES = [  # (x shape, w shape, stride, pad): the notebook's and the model's
+    ((100, 3, 31, 31), (25, 3, 3, 3), 2, 1),
+    ((50, 3, 32, 32), (32, 3, 7, 7), 1, 3),
+]
+POOL_CASES = [(100, 3, 32, 32), (50, 32, 32, 32)]  # 2x2 windows, stride 2
+POOL_PARAM = {"pool_height": 2, "pool_width": 2, "stride": 2}
+BATCH = 50
+ITERATIONS_PER_EPOCH = 49000 // BATCH
+MODEL_KW = dict(weight_scale=0.001, hidden_dim=500, reg=0.001)
+TARGET = 1.0  # xdl/torch at most this for conv f+b, pool f+b and a training iteration
+
+
+# --------------------------------------------------------------- devices
+
+class Device:
+    """Where arrays live and how to wait for the work queued on them."""
+
+    def __init__(self, name):
+        self.name = name
+        if name == "cuda":
+            import cupy  # only on request: the CPU path never imports cupy
+            self.xp = cupy
+            self._sync = cupy.cuda.Device().synchronize
+        else:
+            self.xp = np
+            self._sync = None
+
+    def sync(self):
+        if self._sync is not None:
+            self._sync()
+
+    def asarray(self, a):
+        return self.xp.asarray(a)
+
+
+TORCH_NOTE = "not installed"
+
+
+def load_torch(device, threads):
+    """torch, set to the same threads (and no TF32 on the GPU), or None."""
+    global TORCH_NOTE
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    TORCH_NOTE = "%s on %s" % (torch.__version__, device.name)
+    if device.name == "cuda":
+        if not torch.cuda.is_available():
+            TORCH_NOTE = "%s has no usable CUDA: no torch baseline" % torch.__version__
+            return None
+        # Full float32 GEMMs, as CuPy does by default.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return torch
+
+
+def torch_sync(torch, device):
+    if device.name == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- timing
+
+def median_time(fn, sync, repeats, warmup=3, warmup_s=0.05):
+    """
+    Median wall time of fn() in seconds over `repeats` runs, after at least
+    `warmup` untimed runs and `warmup_s` seconds of them (threads woken,
+    caches and memory pools warm). sync() waits for queued device work.
+    """
+    t0 = time.perf_counter()
+    done = 0
+    while done < warmup or time.perf_counter() - t0 < warmup_s:
+        fn()
+        sync()
+        done += 1
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def warm_up(both, sync, runs=5):
+    """
+    Run forward+backward a few times before any timing: PyTorch's CPU
+    convolution forward is about 3x slower until a few backward passes have
+    run (measured here), and training always runs both.
+    """
+    for _ in range(runs):
+        both()
+    sync()
+
+
+def settle():
+    """Let the other library's worker threads stop spinning before timing."""
+    time.sleep(0.3)
+
+
+# ----------------------------------------------------------------- rows
+
+class Table:
+    HEAD = ("%-36s %11s %11s %10s %10s %10s  %s"
+            % ("case", "xdl ms", "naive ms", "naive/xdl", "torch ms", "xdl/torch", "target"))
+
+    def __init__(self):
+        self.rows = []
+        self.misses = []
+        print(self.HEAD)
+        print("-" * len(self.HEAD))
+
+    def row(self, label, xdl_s, naive_s=None, torch_s=None, target=None, scaled=False,
+            unit="ms"):
+        """One line; `target` names the case when xdl/torch must be <= TARGET."""
+        def fmt(t):
+            # milliseconds by default; whole seconds (marked " s") for epochs
+            return "%.2f" % (t * 1e3) if unit == "ms" else "%.2f s" % t
+
+        naive = "-" if naive_s is None else ("~" if scaled else "") + fmt(naive_s)
+        speedup = "-" if naive_s is None else "%.0fx" % (naive_s / xdl_s)
+        tms = "-" if torch_s is None else fmt(torch_s)
+        ratio = "-" if torch_s is None else "%.2f" % (xdl_s / torch_s)
+        verdict = ""
+        if target and torch_s is not None:
+            met = xdl_s / torch_s <= TARGET
+            verdict = "met" if met else "MISSED"
+            if not met:
+                self.misses.append(target)
+        line = "%-36s %11s %11s %10s %10s %10s  %s" % (
+            label, fmt(xdl_s), naive, speedup, tms, ratio, verdict)
+        print(line.rstrip())
+        sys.stdout.flush()
+
+
+# ----------------------------------------------------------- convolution
+
+def bench_conv(table, device, torch, dtype, args, case):
+    xs, ws, stride, pad = case
+    rng = np.random.RandomState(231)
+    x_h, w_h, b_h = rng.randn(*xs), rng.randn(*ws), rng.randn(ws[0])
+    conv_param = {"stride": stride, "pad": pad}
+    x, w, b = (device.asarray(a.astype(dtype)) for a in (x_h, w_h, b_h))
+    out, cache = conv_forward_fast(x, w, b, conv_param)
+    dout_h = rng.randn(*out.shape)
+    dout = device.asarray(dout_h.astype(dtype))
+    sync, reps = device.sync, args.repeats
+
+    def both():
+        conv_backward_fast(dout, conv_forward_fast(x, w, b, conv_param)[1])
+
+    settle()
+    warm_up(both, sync)
+    fwd = median_time(lambda: conv_forward_fast(x, w, b, conv_param), sync, reps)
+    bwd = median_time(lambda: conv_backward_fast(dout, cache), sync, reps)
+    both = median_time(both, sync, reps)
+
+    naive = [None, None, None]
+    scaled = False
+    if device.name == "cpu" and not args.no_naive:
+        # The naive loops are linear in the batch: --quick times a tenth of it.
+        n = xs[0] if not args.quick else max(1, xs[0] // 10)
+        scaled = n != xs[0]
+        xn, dn = x_h[:n].astype(dtype), dout_h[:n].astype(dtype)
+        wn, bn = w_h.astype(dtype), b_h.astype(dtype)
+        t0 = time.perf_counter()
+        _, ncache = conv_forward_naive(xn, wn, bn, conv_param)
+        t1 = time.perf_counter()
+        conv_backward_naive(dn, ncache)
+        t2 = time.perf_counter()
+        naive = [(t1 - t0) * xs[0] / n, (t2 - t1) * xs[0] / n, (t2 - t0) * xs[0] / n]
+
+    tt = [None, None, None]
+    if torch is not None:
+        tt = bench_torch_conv(torch, device, x_h, w_h, b_h, dout_h, dtype, stride, pad, reps)
+
+    label = "conv x%s w%s s%d p%d" % ("x".join(map(str, xs)), "x".join(map(str, ws)),
+                                      stride, pad)
+    table.row(label + "  fwd", fwd, naive[0], tt[0], scaled=scaled)
+    table.row(" " * len(label) + "  bwd", bwd, naive[1], tt[1], scaled=scaled)
+    table.row(" " * len(label) + "  f+b", both, naive[2], tt[2], target=label + " f+b",
+              scaled=scaled)
+
+
+def bench_torch_conv(torch, device, x_h, w_h, b_h, dout_h, dtype, stride, pad, reps):
+    F = torch.nn.functional
+    tdev = "cuda" if device.name == "cuda" else "cpu"
+    tdt = getattr(torch, np.dtype(dtype).name)
+    x, w, b = (torch.tensor(a, dtype=tdt, device=tdev).requires_grad_() for a in (x_h, w_h, b_h))
+    dout = torch.tensor(dout_h, dtype=tdt, device=tdev)
+    sync = lambda: torch_sync(torch, device)  # noqa: E731
+
+    def forward():
+        with torch.no_grad():
+            F.conv2d(x, w, b, stride=stride, padding=pad)
+
+    out = F.conv2d(x, w, b, stride=stride, padding=pad)
+
+    def backward():
+        x.grad = w.grad = b.grad = None
+        out.backward(dout, retain_graph=True)
+
+    def both():
+        x.grad = w.grad = b.grad = None
+        F.conv2d(x, w, b, stride=stride, padding=pad).backward(dout)
+
+    settle()
+    warm_up(both, sync)
+    return [median_time(forward, sync, reps), median_time(backward, sync, reps),
+            median_time(both, sync, reps)]
+
+
+# --------------------------------------------------------------- pooling
+
+def bench_pool(table, device, torch, dtype, args, xs):
+    rng = np.random.RandomState(231)
+    x_h = rng.randn(*xs)
+    x = device.asarray(x_h.astype(dtype))
+    out, cache = max_pool_forward_fast(x, POOL_PARAM)
+    dout_h = rng.randn(*out.shape)
+    dout = device.asarray(dout_h.astype(dtype))
+    sync, reps = device.sync, args.repeats
+
+    def both():
+        max_pool_backward_fast(dout, max_pool_forward_fast(x, POOL_PARAM)[1])
+
+    settle()
+    warm_up(both, sync)
+    fwd = median_time(lambda: max_pool_forward_fast(x, POOL_PARAM), sync, reps)
+    bwd = median_time(lambda: max_pool_backward_fast(dout, cache), sync, reps)
+    both = median_time(both, sync, reps)
+
+    naive = [None, None, None]
+    if device.name == "cpu" and not args.no_naive:
+        xn, dn = x_h.astype(dtype), dout_h.astype(dtype)
+        nreps = 1 if args.quick else 3
+        fwd_n = median_time(lambda: max_pool_forward_naive(xn, POOL_PARAM), sync, nreps,
+                            warmup=0, warmup_s=0)
+        ncache = (xn, POOL_PARAM)
+        bwd_n = median_time(lambda: max_pool_backward_naive(dn, ncache), sync, nreps,
+                            warmup=0, warmup_s=0)
+        naive = [fwd_n, bwd_n, fwd_n + bwd_n]
+
+    tt = [None, None, None]
+    if torch is not None:
+        tt = bench_torch_pool(torch, device, x_h, dout_h, dtype, reps)
+
+    label = "max pool 2x2/2 x%s" % "x".join(map(str, xs))
+    table.row(label + "  fwd", fwd, naive[0], tt[0])
+    table.row(" " * len(label) + "  bwd", bwd, naive[1], tt[1])
+    table.row(" " * len(label) + "  f+b", both, naive[2], tt[2], target=label + " f+b")
+
+
+def bench_torch_pool(torch, device, x_h, dout_h, dtype, reps):
+    F = torch.nn.functional
+    tdev = "cuda" if device.name == "cuda" else "cpu"
+    tdt = getattr(torch, np.dtype(dtype).name)
+    x = torch.tensor(x_h, dtype=tdt, device=tdev).requires_grad_()
+    dout = torch.tensor(dout_h, dtype=tdt, device=tdev)
+    sync = lambda: torch_sync(torch, device)  # noqa: E731
+
+    def forward():
+        with torch.no_grad():
+            F.max_pool2d(x, 2, 2)
+
+    out = F.max_pool2d(x, 2, 2)
+
+    def backward():
+        x.grad = None
+        out.backward(dout, retain_graph=True)
+
+    def both():
+        x.grad = None
+        F.max_pool2d(x, 2, 2).backward(dout)
+
+    settle()
+    warm_up(both, sync)
+    return [median_time(forward, sync, reps), median_time(backward, sync, reps),
+            median_time(both, sync, reps)]
+
+
+# --------------------------------------------------------------- training
+
+class XdlTrainer:
+    """ThreeLayerConvNet + Adam over every parameter, one minibatch per step."""
+
+    def __init__(self, device, dtype):
+        np.random.seed(0)
+        with xdl.use_backend("cuda" if device.name == "cuda" else "numpy"):
+            self.model = ThreeLayerConvNet(dtype=dtype, **MODEL_KW)
+        self.configs = {k: {"learning_rate": 1e-3} for k in self.model.params}
+        self.xp = device.xp
+
+    def step(self, X, y):
+        loss, grads = self.model.loss(X, y)
+        for k, w in self.model.params.items():
+            self.model.params[k], self.configs[k] = optim.adam(w, grads[k], self.configs[k])
+        return loss
+
+
+class TorchTrainer:
+    """The same network, loss (softmax + 0.5*reg*sum W^2) and Adam in PyTorch."""
+
+    def __init__(self, torch, device, dtype):
+        nn = torch.nn
+        self.torch = torch
+        self.tdev = "cuda" if device.name == "cuda" else "cpu"
+        self.tdt = getattr(torch, np.dtype(dtype).name)
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 32, 7, padding=3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(32 * 16 * 16, MODEL_KW["hidden_dim"]), nn.ReLU(),
+            nn.Linear(MODEL_KW["hidden_dim"], 10),
+        ).to(device=self.tdev, dtype=self.tdt)
+        self.weights = [self.net[0].weight, self.net[4].weight, self.net[6].weight]
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def step(self, X, y):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.net(X), y)
+        loss = loss + 0.5 * MODEL_KW["reg"] * sum((w * w).sum() for w in self.weights)
+        loss.backward()
+        self.opt.step()
+        return loss
+
+
+def bench_training(table, device, torch, dtype, args):
+    rng = np.random.RandomState(0)
+    X_h = rng.randn(BATCH, 3, 32, 32).astype(dtype)
+    y_h = rng.randint(10, size=BATCH)
+    trainer = XdlTrainer(device, dtype)
+    X, y = device.asarray(X_h), device.asarray(y_h)
+    reps = max(5, args.repeats // 2)
+    settle()
+    it = median_time(lambda: trainer.step(X, y), device.sync, reps, warmup=5)
+
+    t_it = None
+    if torch is not None:
+        tt = TorchTrainer(torch, device, dtype)
+        Xt = torch.tensor(X_h, device=tt.tdev)
+        yt = torch.tensor(y_h, device=tt.tdev)
+        settle()
+        t_it = median_time(lambda: tt.step(Xt, yt), lambda: torch_sync(torch, device), reps,
+                           warmup=5)
+
+    table.row("train iteration (batch %d, Adam)" % BATCH, it, None, t_it,
+              target="training iteration")
+    table.row("  projected epoch (%d it)" % ITERATIONS_PER_EPOCH, it * ITERATIONS_PER_EPOCH,
+              None, None if t_it is None else t_it * ITERATIONS_PER_EPOCH, unit="s")
+
+
+def bench_epoch(table, device, torch, dtype, args):
+    """
+    A whole epoch as the Solver runs it: 49,000 synthetic images kept on the
+    host, a random minibatch of 50 moved to the device per iteration.
+    """
+    n = BATCH * ITERATIONS_PER_EPOCH
+    rng = np.random.RandomState(0)
+    X_h = rng.randn(n, 3, 32, 32).astype(dtype)
+    y_h = rng.randint(10, size=n)
+    order = [rng.randint(n, size=BATCH) for _ in range(ITERATIONS_PER_EPOCH)]
+
+    trainer = XdlTrainer(device, dtype)
+    for idx in order[:5]:  # warm-up: kernel compilation, memory pools
+        trainer.step(device.asarray(X_h[idx]), device.asarray(y_h[idx]))
+    device.sync()
+    settle()
+    t0 = time.perf_counter()
+    for idx in order:
+        loss = trainer.step(device.asarray(X_h[idx]), device.asarray(y_h[idx]))
+    float(loss)
+    device.sync()
+    epoch = time.perf_counter() - t0
+
+    t_epoch = None
+    if torch is not None:
+        tt = TorchTrainer(torch, device, dtype)
+        for idx in order[:5]:
+            tt.step(torch.tensor(X_h[idx], device=tt.tdev), torch.tensor(y_h[idx], device=tt.tdev))
+        torch_sync(torch, device)
+        settle()
+        t0 = time.perf_counter()
+        for idx in order:
+            loss = tt.step(torch.tensor(X_h[idx], device=tt.tdev),
+                           torch.tensor(y_h[idx], device=tt.tdev))
+        float(loss)
+        torch_sync(torch, device)
+        t_epoch = time.perf_counter() - t0
+    table.row("whole epoch (%d images, host->dev)" % n, epoch, None, t_epoch, unit="s")
+
+
+# ------------------------------------------------------------------ main
+
+def header(device, torch, dtype, args):
+    from xdl.backends import cpu
+    if device.name == "cpu":
+        kern = cpu.compiled
+        kernels = "compiled Cython" if kern is not None else "NumPy FALLBACK (not built)"
+    else:
+        name = device.xp.cuda.runtime.getDeviceProperties(device.xp.cuda.Device().id)["name"]
+        kernels = "CUDA on %s (cupy %s)" % (
+            name.decode() if isinstance(name, bytes) else name, device.xp.__version__)
+    print()
+    print("xdl benchmark: device %s, %s, %d threads, kernels: %s" % (
+        device.name, np.dtype(dtype).name, args.threads, kernels))
+    print("numpy %s, torch %s; medians of %d repeats after warm-up"
+          % (np.__version__, TORCH_NOTE, args.repeats))
+    if hasattr(os, "getloadavg"):
+        print("load average before the run: %.2f (other work on the machine slows every "
+              "number and adds noise)" % os.getloadavg()[0])
+    if device.name == "cpu" and (os.environ.get("OPENBLAS_CORETYPE")
+                                 or os.environ.get("OPENBLAS_L2_SIZE")):
+        print("WARNING: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are set: numpy's BLAS runs slower")
+    print()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
+    p.add_argument("--threads", type=int, default=2,
+                   help="threads for xdl's CPU kernels and for torch")
+    p.add_argument("--repeats", type=int, default=21, help="timed repeats per case (median)")
+    p.add_argument("--quick", action="store_true",
+                   help="time the naive conv on a tenth of the batch (scaled up, marked ~) "
+                        "and fewer naive pooling repeats")
+    p.add_argument("--no-naive", action="store_true", help="skip the naive layers")
+    p.add_argument("--no-epoch", action="store_true", help="skip the whole-epoch timing (cuda)")
+    args = p.parse_args(argv)
+
+    device = Device(args.device)
+    if device.name == "cpu":
+        from xdl.backends import cpu
+        if cpu.compiled is not None:
+            cpu.compiled.set_num_threads(args.threads)
+    torch = load_torch(device, args.threads)
+    dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
+    misses = []
+    for name in dtypes:
+        dtype = np.dtype(name).type
+        header(device, torch, dtype, args)
+        table = Table()
+        for case in CONV_CASES:
+            bench_conv(table, device, torch, dtype, args, case)
+        for xs in POOL_CASES:
+            bench_pool(table, device, torch, dtype, args, xs)
+        bench_training(table, device, torch, dtype, args)
+        if device.name == "cuda" and not args.no_epoch:
+            bench_epoch(table, device, torch, dtype, args)
+        misses += ["%s %s" % (name, m) for m in table.misses]
+    if torch is not None:
+        print()
+        print("targets (xdl/torch <= %.1f) missed: %s" % (TARGET, ", ".join(misses) or "none"))
+
+
+if __name__ == "__main__":
+    main()
