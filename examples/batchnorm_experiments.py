@@ -48,6 +48,8 @@ def weight_scale_experiment(data, plt, out_dir, num_scales):
         for label in rows:
             ax.semilogx(weight_scales, [r[k] for r in rows[label]], "-o", label=label)
         ax.set_title("%s vs. weight initialization scale" % titles[k])
+        if k == 2:
+            ax.set_yscale("log")  # diverging baselines reach losses of 1e8
         ax.set_xlabel("Weight initialization scale")
         ax.legend()
     fig.tight_layout()
