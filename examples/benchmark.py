@@ -1,5 +1,6 @@
 """Time xdl's fast convolution, pooling and a ThreeLayerConvNet training
-iteration against the naive layers and against PyTorch, in one run.
+iteration against the naive layers and against PyTorch, in one run; on the
+CPU also the two batchnorm backward passes of xdl.layers against each other.
 
     python examples/benchmark.py                    # CPU, float32 and float64
     python examples/benchmark.py --dtype float32 --quick
@@ -33,7 +34,11 @@ from xdl.fast_layers import (
     max_pool_backward_fast,
     max_pool_forward_fast,
 )
+from xdl.gradient_check import rel_error
 from xdl.layers import (
+    batchnorm_backward,
+    batchnorm_backward_alt,
+    batchnorm_forward,
     conv_backward_naive,
     conv_forward_naive,
     max_pool_backward_naive,
@@ -46,6 +51,7 @@ CONV_CASES = [  # (x shape, w shape, stride, pad): the notebook's and the model'
 ]
 POOL_CASES = [(100, 3, 32, 32), (50, 32, 32, 32)]  # 2x2 windows, stride 2
 POOL_PARAM = {"pool_height": 2, "pool_width": 2, "stride": 2}
+BATCHNORM_CASES = [(100, 500), (200, 4096)]  # (N, D): the notebook's and a wide layer
 BATCH = 50
 ITERATIONS_PER_EPOCH = 49000 // BATCH
 MODEL_KW = dict(weight_scale=0.001, hidden_dim=500, reg=0.001)
@@ -434,6 +440,38 @@ def bench_epoch(table, device, torch, dtype, args):
     table.row("whole epoch (%d images, host->dev)" % n, epoch, None, t_epoch, unit="s")
 
 
+# -------------------------------------------------------------- batchnorm
+
+def bench_batchnorm(dtype, args):
+    """
+    batchnorm_backward (through the computation graph) against
+    batchnorm_backward_alt (the simplified formula), CPU only: both times,
+    the speedup, and the largest rel_error between their gradients.
+    """
+    head = "%-36s %11s %11s %10s %14s" % ("batchnorm backward (xdl.layers)", "graph ms",
+                                          "alt ms", "graph/alt", "max rel_error")
+    print()
+    print(head)
+    print("-" * len(head))
+    for N, D in BATCHNORM_CASES:
+        rng = np.random.RandomState(231)
+        x = (5 * rng.randn(N, D) + 12).astype(dtype)
+        gamma, beta = rng.randn(D).astype(dtype), rng.randn(D).astype(dtype)
+        dout = rng.randn(N, D).astype(dtype)
+        _, cache = batchnorm_forward(x, gamma, beta, {"mode": "train"})
+        settle()
+        graph = median_time(lambda: batchnorm_backward(dout, cache), lambda: None, args.repeats)
+        alt = median_time(lambda: batchnorm_backward_alt(dout, cache), lambda: None, args.repeats)
+        # rel_error is elementwise: in float32 its maximum sits on a dx entry
+        # near zero (about 1e-2 at N=200, D=4096, where the largest difference
+        # is about 1e-7 of max |dx|); the notebook compares in float64.
+        err = max(rel_error(a, b) for a, b in zip(batchnorm_backward(dout, cache),
+                                                  batchnorm_backward_alt(dout, cache)))
+        print("%-36s %11.2f %11.2f %9.1fx %14.1e"
+              % ("  N=%d, D=%d" % (N, D), graph * 1e3, alt * 1e3, graph / alt, err))
+    sys.stdout.flush()
+
+
 # ------------------------------------------------------------------ main
 
 def header(device, torch, dtype, args):
@@ -493,6 +531,8 @@ def main(argv=None):
         bench_training(table, device, torch, dtype, args)
         if device.name == "cuda" and not args.no_epoch:
             bench_epoch(table, device, torch, dtype, args)
+        if device.name == "cpu":
+            bench_batchnorm(dtype, args)
         misses += ["%s %s" % (name, m) for m in table.misses]
     if torch is not None:
         print()

@@ -25,6 +25,14 @@ from xdl._checks import (
 # ---------------------------------------------------------------------------
 
 
+def _matmul(a, b):
+    """a @ b; large products of numpy arrays go through xdl.backends.cpu.matmul."""
+    if is_cupy_array(a):
+        return a @ b
+    from xdl.backends import cpu  # here: importing xdl.layers loads no extension
+    return cpu.matmul(a, b)
+
+
 def affine_forward(x, w, b):
     """
     Computes the forward pass for an affine (fully connected) layer.
@@ -50,7 +58,7 @@ def affine_forward(x, w, b):
         raise ValueError("x has %d features per example (shape %s) but w has %d rows (shape %s)"
                          % (D, x.shape, w.shape[0], w.shape))
     check_param_shape(b, (w.shape[1],), "b", "one bias per output of w %s" % (w.shape,))
-    out = x.reshape(N, D) @ w
+    out = _matmul(x.reshape(N, D), w)
     out += b
     return out, (x, w, b)
 
@@ -75,8 +83,8 @@ def affine_backward(dout, cache):
     N = x.shape[0]
     if dout.shape != (N, w.shape[1]):
         raise ValueError("dout must have shape %s, got %s" % ((N, w.shape[1]), dout.shape))
-    dx = (dout @ w.T).reshape(x.shape)
-    dw = x.reshape(N, -1).T @ dout
+    dx = _matmul(dout, w.T).reshape(x.shape)
+    dw = _matmul(x.reshape(N, -1).T, dout)
     db = dout.sum(axis=0)
     return dx, dw, db
 

@@ -21,11 +21,15 @@ Returns:
 Rules work on numpy and cupy arrays; their state (velocity, caches, moments)
 is created on w's device with w's dtype. On the CPU the state arrays in
 ``config`` are updated in place and each step allocates one new array
-(next_w); fresh large temporaries cost page faults that make up a third of
-an unfused Adam step. w and dw are never modified. On the GPU each rule runs as one
-fused kernel (``xdl.backends.cuda``) instead of one launch per array
-operation; the formulas are the same. ``get_update_rule(name)`` looks a rule
-up by name for the Solver.
+(next_w); w and dw are never modified. Each rule runs as one fused kernel
+where one applies: on the GPU (``xdl.backends.cuda``) one launch instead of
+one per array operation; on the CPU, for C-contiguous float32/float64
+arrays, one multithreaded pass of the compiled kernels
+(``xdl.backends._cpu_kernels``) instead of about a dozen passes. The
+formulas below are the reference and the fallback (other dtypes, strided
+state, extension not built); the fused kernels do the same operations in
+the same order. ``get_update_rule(name)`` looks a rule up by name for the
+Solver.
 """
 import math
 import numbers
@@ -70,11 +74,16 @@ def _state(config, name, w):
 
 def _fused_kernels(w, *arrays):
     """
-    The fused GPU update kernels (the module xdl.backends.cuda) when w is a
-    float32/float64 cupy array and every other array shares its dtype; None
-    otherwise, and the NumPy formulas run.
+    The fused update kernels for w's device, or None (the NumPy formulas run):
+    - the GPU kernels (xdl.backends.cuda; they return new state arrays) when
+      w is a float32/float64 cupy array and every other array shares its dtype;
+    - the compiled CPU kernels (they update the state in place) when w and
+      the others are C-contiguous numpy arrays of one float32/float64 dtype.
     """
-    if not is_cupy_array(w) or w.dtype not in (np.float32, np.float64):
+    if not is_cupy_array(w):
+        from xdl.backends import cpu  # here: importing xdl.optim loads no extension
+        return cpu.fused_kernels(w, *arrays)
+    if w.dtype not in (np.float32, np.float64):
         return None
     if any(a.dtype != w.dtype for a in arrays):
         return None

@@ -8,7 +8,7 @@ implements ``loss(X, y=None)``.
 import numpy as np
 
 from xdl import serialization
-from xdl.backends import asarray, asarray_like
+from xdl.backends import asarray, asarray_like, get_array_module
 from xdl._checks import check_labels, check_reg
 
 _MODEL_CLASSES = {}
@@ -25,6 +25,29 @@ def _dtype_name(dtype):
     if dtype not in (np.float32, np.float64):
         raise ValueError("dtype must be float32 or float64, got %s" % dtype)
     return dtype.name
+
+
+def _sum_of_squares(w):
+    """
+    Sum of the squares of w's elements, as a scalar of w's dtype (a 0-d
+    array on the GPU), without a temporary the size of w.
+    """
+    from xdl.backends import cpu
+    fused = cpu.fused_kernels(w)
+    if fused is not None:
+        return fused.sum_of_squares(w)  # multithreaded, float64 partial sums
+    flat = w.ravel()
+    return get_array_module(w).vdot(flat, flat)
+
+
+def _add_scaled(g, alpha, w):
+    """g += alpha * w, in place, without a temporary the size of w on the CPU."""
+    from xdl.backends import cpu
+    fused = cpu.fused_kernels(g, w)
+    if fused is not None:
+        fused.axpy(alpha, w, g)
+    else:
+        g += alpha * w
 
 
 class Model:
@@ -84,9 +107,22 @@ class Model:
             return 0.0
         total = 0.0
         for name in names:
-            w = self.params[name]
-            total = total + (w * w).sum()
+            total = total + _sum_of_squares(self.params[name])
         return 0.5 * self.reg * total
+
+    def _add_l2_grads(self, grads, names):
+        """
+        Add the gradient of the L2 term, reg * W, to grads[name] in place for
+        each named weight (nothing without reg).
+
+        Inputs:
+        - grads: dict of gradients, arrays owned by the caller
+        - names: names of the regularized weights
+        """
+        if self.reg == 0:
+            return
+        for name in names:
+            _add_scaled(grads[name], self.reg, self.params[name])
 
     # -- running statistics (models with batch normalization override) --------
 

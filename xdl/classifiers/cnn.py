@@ -135,7 +135,5 @@ class ThreeLayerConvNet(Model):
         else:
             _, grads["W1"], grads["b1"] = conv_relu_pool_backward(dpooled, conv_cache,
                                                                   compute_dx=False)
-        if self.reg:
-            for name in ("W1", "W2", "W3"):
-                grads[name] += self.reg * p[name]
+        self._add_l2_grads(grads, ("W1", "W2", "W3"))
         return loss, grads

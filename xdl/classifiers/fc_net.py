@@ -86,9 +86,7 @@ class TwoLayerNet(Model):
         grads = {}
         dhidden, grads["W2"], grads["b2"] = affine_backward(dscores, scores_cache)
         _, grads["W1"], grads["b1"] = affine_relu_backward(dhidden, hidden_cache)
-        if self.reg:
-            grads["W1"] += self.reg * p["W1"]
-            grads["W2"] += self.reg * p["W2"]
+        self._add_l2_grads(grads, ("W1", "W2"))
         return loss, grads
 
 
@@ -243,7 +241,5 @@ class FullyConnectedNet(Model):
             grads["W%d" % i], grads["b%d" % i] = dw, db
             if self.normalization is not None:
                 grads["gamma%d" % i], grads["beta%d" % i] = dgamma, dbeta
-        if self.reg:
-            for name in weights:
-                grads[name] += self.reg * p[name]
+        self._add_l2_grads(grads, weights)
         return loss, grads

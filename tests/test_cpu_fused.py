@@ -1,0 +1,407 @@
+"""The compiled CPU kernels beyond convolution: fused update rules, sum of
+squares and axpy (L2 regularization), and the tiled matmul of the affine
+layers.
+
+References: the NumPy formulas of xdl.optim (run by making the extension
+look missing, which is also the fallback path), float64 sums, numpy's @.
+"""
+import numpy as np
+import pytest
+
+from xdl import optim
+from xdl.backends import cpu
+from xdl.classifiers.cnn import ThreeLayerConvNet
+from xdl.classifiers.fc_net import FullyConnectedNet, TwoLayerNet
+from xdl.layers import affine_backward, affine_forward
+
+from helpers import assert_close
+
+
+def compiled():
+    """The Cython kernel module; a missing build is a test failure, not a skip."""
+    if cpu.compiled is None:
+        pytest.fail("the compiled CPU kernels are not built (%s); "
+                    "run `pip install -e . --no-deps`" % cpu._import_error)
+    return cpu.compiled
+
+
+@pytest.fixture(autouse=True)
+def keep_global_rng():
+    """The models here draw weights from numpy's global RNG; later tests get it back as it was."""
+    state = np.random.get_state()
+    yield
+    np.random.set_state(state)
+
+
+@pytest.fixture
+def threads():
+    """Restore the kernels' thread count after a test that changes it."""
+    kern = compiled()
+    n = kern.get_num_threads()
+    yield kern
+    kern.set_num_threads(n)
+
+
+# Tight tolerances: the fused rules do the formulas' operations in the same
+# order (bit for bit unless the compiler fuses a multiply-add).
+RULE_TOL = {np.float32: dict(rtol=1e-6, atol=1e-7), np.float64: dict(rtol=1e-14, atol=1e-16)}
+
+RULE_CONFIGS = {
+    "sgd": {"learning_rate": 0.05},
+    "sgd_momentum": {"learning_rate": 0.05, "momentum": 0.8},
+    "rmsprop": {"learning_rate": 0.01, "decay_rate": 0.9, "epsilon": 1e-8},
+    "adam": {"learning_rate": 0.01, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-8},
+}
+STATE = {"sgd": (), "sgd_momentum": ("velocity",), "rmsprop": ("cache",), "adam": ("m", "v")}
+
+
+def _run_rule(rule, w, grads):
+    """Steps of an update rule from fresh state; returns next_w and config after each."""
+    update = optim.get_update_rule(rule)
+    config = dict(RULE_CONFIGS[rule])
+    history = []
+    for dw in grads:
+        w, config = update(w, dw, config)
+        history.append((w.copy(), {k: (v.copy() if hasattr(v, "copy") else v)
+                                   for k, v in config.items()}))
+    return history
+
+
+# ------------------------------------------------------------ update rules
+
+@pytest.mark.parametrize("rule", sorted(optim.UPDATE_RULES))
+def test_fused_rules_match_numpy_formulas_over_steps(monkeypatch, dtype, rule):
+    kern = compiled()
+    # Several chunks of unequal size, shared by the threads.
+    monkeypatch.setattr(kern, "ELEMENT_CHUNK", 1000)
+    rng = np.random.RandomState(3)
+    w = rng.randn(61, 83).astype(dtype)
+    grads = [rng.randn(61, 83).astype(dtype) for _ in range(5)]
+    assert optim._fused_kernels(w, grads[0]) is kern
+    fused = _run_rule(rule, w, grads)
+    monkeypatch.setattr(cpu, "compiled", None)
+    assert optim._fused_kernels(w, grads[0]) is None
+    reference = _run_rule(rule, w, grads)
+    for step, ((fw, fc), (rw, rc)) in enumerate(zip(fused, reference)):
+        assert fw.dtype == dtype and fw.shape == w.shape
+        np.testing.assert_allclose(fw, rw, err_msg="%s step %d" % (rule, step), **RULE_TOL[dtype])
+        for name in STATE[rule]:
+            assert fc[name].dtype == dtype
+            np.testing.assert_allclose(fc[name], rc[name], err_msg="%s %s" % (rule, name),
+                                       **RULE_TOL[dtype])
+        assert fc.get("t") == rc.get("t")
+
+
+@pytest.mark.parametrize("rule", sorted(optim.UPDATE_RULES))
+def test_fused_rules_update_state_in_place_and_leave_w_dw(dtype, rule):
+    compiled()
+    rng = np.random.RandomState(4)
+    w = rng.randn(40, 50).astype(dtype)
+    dw = rng.randn(40, 50).astype(dtype)
+    w0, dw0 = w.copy(), dw.copy()
+    config = dict(RULE_CONFIGS[rule])
+    next_w, config = optim.get_update_rule(rule)(w, dw, config)
+    states = {name: config[name] for name in STATE[rule]}
+    next_w2, config = optim.get_update_rule(rule)(next_w, dw, config)
+    for name, s in states.items():
+        assert config[name] is s  # the same array, updated in place
+    assert next_w is not w and next_w2 is not next_w
+    np.testing.assert_array_equal(w, w0)
+    np.testing.assert_array_equal(dw, dw0)
+
+
+def test_fused_adam_keeps_the_notebook_values():
+    # The notebook check of tests/test_optim.py, on the fused kernel directly.
+    kern = compiled()
+    N, D = 4, 5
+    w = np.linspace(-0.4, 0.6, num=N * D).reshape(N, D)
+    dw = np.linspace(-0.6, 0.4, num=N * D).reshape(N, D)
+    m = np.linspace(0.6, 0.9, num=N * D).reshape(N, D)
+    v = np.linspace(0.7, 0.5, num=N * D).reshape(N, D)
+    t = 6
+    step = 1e-2 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
+    eps_hat = 1e-8 * np.sqrt(1 - 0.999 ** t)
+    next_w, m2, v2 = kern.adam(w, dw, m, v, 0.9, 0.999, step, eps_hat)
+    assert m2 is m and v2 is v
+    np.testing.assert_allclose(next_w[0, :3], [-0.40094747, -0.34836187, -0.29577703], rtol=1e-7)
+    np.testing.assert_allclose(v[3, 4], 0.49966, rtol=1e-8)
+    np.testing.assert_allclose(m[3, 4], 0.85, rtol=1e-8)
+
+
+def test_fused_rules_read_only_and_strided_inputs(dtype):
+    kern = compiled()
+    rng = np.random.RandomState(5)
+    base = rng.randn(30, 40).astype(dtype)
+    w = base[:, ::2]                      # strided: the rule falls back to the formulas
+    dw = rng.randn(30, 20).astype(dtype)
+    assert optim._fused_kernels(w, dw) is None
+    next_w, config = optim.adam(w, dw, {"learning_rate": 0.1})
+    wc = np.ascontiguousarray(w)
+    wc.setflags(write=False)              # read-only: the fused kernel only reads it
+    dw.setflags(write=False)
+    assert optim._fused_kernels(wc, dw) is kern
+    next_wc, config_c = optim.adam(wc, dw, {"learning_rate": 0.1})
+    np.testing.assert_allclose(next_wc, next_w, **RULE_TOL[dtype])
+    np.testing.assert_allclose(config_c["v"], config["v"], **RULE_TOL[dtype])
+
+
+class _Sub(np.ndarray):
+    pass
+
+
+def test_fused_kernels_dispatch_only_for_contiguous_float_arrays():
+    kern = compiled()
+    a32 = np.ones((3, 4), np.float32)
+    a64 = np.ones((3, 4), np.float64)
+    assert cpu.fused_kernels(a32, a32.copy()) is kern
+    assert cpu.fused_kernels(a64) is kern
+    assert cpu.fused_kernels(a32, a64) is None                      # mixed dtypes
+    assert cpu.fused_kernels(np.ones(3, np.float16)) is None        # other float
+    assert cpu.fused_kernels(np.ones(3, np.int64)) is None
+    assert cpu.fused_kernels(a32, np.asfortranarray(np.ones((3, 4), np.float32))) is None
+    assert cpu.fused_kernels(a64, a64[:, ::2].copy(), a64[::2]) is None  # a strided view
+    assert cpu.fused_kernels(a64.view(_Sub)) is None                 # a subclass
+    assert cpu.fused_kernels() is None
+
+
+def test_rules_on_other_dtypes_use_the_formulas():
+    compiled()
+    w = np.linspace(-1, 1, 12).astype(np.float16).reshape(3, 4)
+    assert optim._fused_kernels(w, w) is None
+    next_w, config = optim.adam(w, w, {"learning_rate": 0.1})
+    assert next_w.dtype == np.float16 and config["m"].dtype == np.float16
+    # float32 w with a float64 gradient: the formulas, as before.
+    w32 = np.ones((2, 3), np.float32)
+    assert optim._fused_kernels(w32, np.ones((2, 3))) is None
+    next_w, _ = optim.sgd(w32, np.ones((2, 3)), {"learning_rate": 0.5})
+    np.testing.assert_allclose(next_w, 0.5)
+
+
+def test_fused_kernels_reject_bad_arrays():
+    kern = compiled()
+    w = np.ones((3, 4), np.float32)
+    with pytest.raises(TypeError, match="w must be float32 or float64.*float16"):
+        kern.sgd(w.astype(np.float16), w, 0.1)
+    with pytest.raises(TypeError, match="m has dtype float64 but w has dtype float32"):
+        kern.adam(w, w, np.zeros((3, 4)), np.zeros((3, 4), np.float32), 0.9, 0.99, 0.1, 1e-8)
+    with pytest.raises(TypeError, match="dw must be a numpy array"):
+        kern.sgd(w, [[1.0] * 4] * 3, 0.1)
+    with pytest.raises(ValueError, match=r"velocity has shape \(4, 3\) but w has shape \(3, 4\)"):
+        kern.sgd_momentum(w, w, np.zeros((4, 3), np.float32), 0.1, 0.9)
+    with pytest.raises(ValueError, match="cache must be C-contiguous"):
+        kern.rmsprop(w, w, np.zeros((3, 4), np.float32, order="F"), 0.1, 0.9, 1e-8)
+    frozen = np.zeros((3, 4), np.float32)
+    frozen.setflags(write=False)
+    with pytest.raises(ValueError, match="v is read-only"):
+        kern.adam(w, w, np.zeros_like(w), frozen, 0.9, 0.99, 0.1, 1e-8)
+    with pytest.raises(ValueError, match="y must be C-contiguous"):
+        kern.axpy(0.5, w, np.zeros((4, 3), np.float32).T)
+
+
+def test_fused_rules_on_empty_arrays(dtype):
+    compiled()
+    w = np.zeros((0, 3), dtype)
+    for rule in sorted(optim.UPDATE_RULES):
+        next_w, _ = optim.get_update_rule(rule)(w, w, None)
+        assert next_w.shape == (0, 3) and next_w.dtype == dtype
+
+
+def test_fallback_rules_keep_the_notebook_values(monkeypatch):
+    # The extension missing: the NumPy formulas give the notebook's numbers.
+    monkeypatch.setattr(cpu, "compiled", None)
+    N, D = 4, 5
+    w = np.linspace(-0.4, 0.6, num=N * D).reshape(N, D)
+    dw = np.linspace(-0.6, 0.4, num=N * D).reshape(N, D)
+    v = np.linspace(0.6, 0.9, num=N * D).reshape(N, D)
+    next_w, config = optim.sgd_momentum(w, dw, {"learning_rate": 1e-3, "velocity": v})
+    np.testing.assert_allclose(next_w[0, :2], [0.1406, 0.20738947], rtol=1e-7)
+    np.testing.assert_allclose(config["velocity"][3, 4], 0.8096, rtol=1e-8)
+
+
+def test_thread_count_does_not_change_results(threads, dtype):
+    kern = threads
+    kern_chunk = kern.ELEMENT_CHUNK
+    rng = np.random.RandomState(6)
+    w, dw = rng.randn(2, 3 * kern_chunk + 17).astype(dtype), rng.randn(2, 3 * kern_chunk + 17)
+    dw = dw.astype(dtype)
+    a, b = rng.randn(70, 300).astype(dtype), rng.randn(300, 90).astype(dtype)
+    results = []
+    for n in (1, 2, 3):
+        kern.set_num_threads(n)
+        m, v = np.zeros_like(w), np.ones_like(w)
+        out = kern.adam(w, dw, m, v, 0.9, 0.999, 0.01, 1e-8)
+        results.append(out + (kern.sum_of_squares(w), kern.matmul(a, b, tiles=(16, 32, 64))))
+    for other in results[1:]:
+        for x, y in zip(results[0], other):
+            np.testing.assert_array_equal(x, y)
+
+
+# ------------------------------------------------------- L2 regularization
+
+def test_sum_of_squares_matches_a_float64_sum(monkeypatch, dtype):
+    kern = compiled()
+    monkeypatch.setattr(kern, "ELEMENT_CHUNK", 1000)
+    rng = np.random.RandomState(7)
+    for shape in [(1,), (7,), (999,), (3, 1001), (37, 41, 3)]:
+        x = rng.randn(*shape).astype(dtype)
+        got = kern.sum_of_squares(x)
+        assert type(got) is np.dtype(dtype).type
+        exact = (x.astype(np.float64) ** 2).sum()
+        np.testing.assert_allclose(got, exact, rtol=1e-6 if dtype == np.float32 else 1e-13)
+    assert kern.sum_of_squares(np.zeros((0, 4), dtype)) == 0
+    strided = rng.randn(20, 30).astype(dtype)[:, ::3]
+    exact = (strided.astype(np.float64) ** 2).sum()
+    np.testing.assert_allclose(kern.sum_of_squares(strided), exact,
+                               rtol=1e-6 if dtype == np.float32 else 1e-13)
+
+
+def test_axpy_adds_in_place(dtype):
+    kern = compiled()
+    rng = np.random.RandomState(8)
+    x = rng.randn(5, 4001).astype(dtype)
+    y = rng.randn(5, 4001).astype(dtype)
+    expected = y + 0.3 * x
+    assert kern.axpy(0.3, x, y) is y
+    np.testing.assert_allclose(y, expected, **RULE_TOL[dtype])
+
+
+def _model_cases(dtype):
+    np.random.seed(0)
+    yield TwoLayerNet(input_dim=20, hidden_dim=30, num_classes=5, weight_scale=0.1,
+                      reg=0.3, dtype=dtype), (8, 20), 5
+    np.random.seed(0)
+    yield FullyConnectedNet([30, 40], input_dim=20, num_classes=5, weight_scale=0.1,
+                            reg=0.3, dtype=dtype, normalization="batchnorm"), (8, 20), 5
+    np.random.seed(0)
+    yield ThreeLayerConvNet(input_dim=(3, 8, 8), num_filters=4, filter_size=3, hidden_dim=120,
+                            num_classes=5, weight_scale=0.1, reg=0.3, dtype=dtype), (6, 3, 8, 8), 5
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["compiled", "fallback"])
+def test_l2_loss_and_gradient_unchanged(monkeypatch, dtype, fallback):
+    """loss(reg) = loss(0) + 0.5*reg*sum W**2 and grads[W](reg) = grads[W](0) + reg*W."""
+    compiled()
+    if fallback:
+        monkeypatch.setattr(cpu, "compiled", None)
+        monkeypatch.setattr(cpu, "_warned", True)  # the conv net's fallback warning
+    rng = np.random.RandomState(9)
+    for model, x_shape, classes in _model_cases(dtype):
+        X = rng.randn(*x_shape)
+        y = rng.randint(classes, size=x_shape[0])
+        weights = sorted(k for k in model.params if k.startswith("W"))
+        loss, grads = model.loss(X, y)
+        model.reg = 0.0
+        assert model._l2(weights) == 0.0
+        loss0, grads0 = model.loss(X, y)
+        l2 = sum((model.params[k].astype(np.float64) ** 2).sum() for k in weights)
+        tol = dict(rtol=1e-5) if dtype == np.float32 else dict(rtol=1e-12)
+        np.testing.assert_allclose(loss, loss0 + 0.5 * 0.3 * l2, **tol)
+        for k in model.params:
+            assert grads[k].dtype == dtype
+            extra = 0.3 * model.params[k] if k in weights else 0
+            assert_close(grads[k], grads0[k] + extra, dtype)
+        model.reg = 0.3
+        np.testing.assert_allclose(model._l2(weights), 0.5 * 0.3 * l2, **tol)
+
+
+# ------------------------------------------------------------------ matmul
+
+# (M, K, N): one element, a long K (several k-steps), odd sizes that leave
+# partial tiles, a column, a row.
+MATMUL_SHAPES = [(1, 1, 1), (3, 700, 5), (67, 129, 33), (50, 1030, 13), (9, 40, 1), (1, 300, 77)]
+TILES = [None, (5, 7, 3), (16, 32, 64), (64, 128, 500)]
+
+
+def _layouts(rng, M, K, N, dtype):
+    """(a, b) pairs of every layout: C-contiguous, transposed views, strided views."""
+    a = rng.randn(M, K).astype(dtype)
+    b = rng.randn(K, N).astype(dtype)
+    yield a, b
+    yield np.asfortranarray(a), b
+    yield a, np.ascontiguousarray(b.T).T
+    yield np.ascontiguousarray(a.T).T, np.asfortranarray(b)
+    yield rng.randn(M, 2 * K).astype(dtype)[:, ::2], rng.randn(2 * K, N).astype(dtype)[::2]
+
+
+@pytest.mark.parametrize("shape", MATMUL_SHAPES,
+                         ids=["x".join(map(str, s)) for s in MATMUL_SHAPES])
+def test_matmul_matches_numpy_on_every_layout(dtype, shape):
+    kern = compiled()
+    rng = np.random.RandomState(10)
+    for a, b in _layouts(rng, *shape, dtype):
+        expected = a.astype(np.float64) @ b.astype(np.float64)
+        for tiles in TILES:
+            got = kern.matmul(a, b, tiles=tiles)
+            assert got.shape == expected.shape and got.dtype == dtype
+            assert got.flags.c_contiguous
+            assert_close(got, expected, dtype, atol=1e-4 if dtype == np.float32 else 1e-11)
+
+
+def test_matmul_edge_cases_and_bad_input():
+    kern = compiled()
+    np.testing.assert_array_equal(kern.matmul(np.ones((3, 0)), np.ones((0, 4))), np.zeros((3, 4)))
+    assert kern.matmul(np.ones((0, 5)), np.ones((5, 4))).shape == (0, 4)
+    frozen = np.ones((4, 6), np.float32)
+    frozen.setflags(write=False)
+    np.testing.assert_array_equal(kern.matmul(frozen, frozen.T), np.full((4, 4), 6, np.float32))
+    with pytest.raises(TypeError, match="b has dtype float64 but a has dtype float32"):
+        kern.matmul(np.ones((2, 3), np.float32), np.ones((3, 2)))
+    with pytest.raises(TypeError, match="a must be float32 or float64"):
+        kern.matmul(np.ones((2, 3), np.int64), np.ones((3, 2), np.int64))
+    with pytest.raises(ValueError, match=r"a \(M, K\) and b \(K, N\)"):
+        kern.matmul(np.ones((2, 3)), np.ones((4, 2)))
+
+
+def test_matmul_tiles_fit_the_blas_limit():
+    kern = compiled()
+    for M, N, K in [(50, 500, 8192), (50, 8192, 500), (8192, 500, 50), (200, 512, 3072),
+                    (1, 1, 1), (3000, 7, 10 ** 6)]:
+        for transposed in (False, True):
+            mb, nb, kb = kern._matmul_tiles(M, N, K, transposed)
+            assert 1 <= mb <= M and 1 <= nb <= N and 1 <= kb <= K
+            assert mb * nb * kb <= kern.GEMM_TILE_LIMIT
+
+
+def test_backend_matmul_routes_large_products(monkeypatch, dtype):
+    kern = compiled()
+    calls = []
+    monkeypatch.setattr(kern, "matmul", lambda a, b: calls.append(a.shape) or a @ b)
+    small = np.ones((4, 5), dtype), np.ones((5, 6), dtype)
+    large = np.ones((50, 200), dtype), np.ones((200, 60), dtype)   # 600,000 multiply-adds
+    cpu.matmul(*small)
+    assert calls == []
+    cpu.matmul(*large)
+    assert calls == [(50, 200)]
+    cpu.matmul(large[0].astype(np.float16), large[1].astype(np.float16))
+    cpu.matmul(large[0], large[1].astype(np.float64 if dtype == np.float32 else np.float32))
+    assert calls == [(50, 200)]
+    monkeypatch.setattr(cpu, "compiled", None)
+    np.testing.assert_array_equal(cpu.matmul(*large), large[0] @ large[1])
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["compiled", "fallback"])
+def test_affine_layers_unchanged_on_large_products(monkeypatch, dtype, fallback):
+    if fallback:
+        monkeypatch.setattr(cpu, "compiled", None)
+    rng = np.random.RandomState(11)
+    x = rng.randn(20, 4, 9, 10).astype(dtype)       # D = 360; 20*360*150 multiply-adds
+    w = rng.randn(360, 150).astype(dtype)
+    b = rng.randn(150).astype(dtype)
+    dout = rng.randn(20, 150).astype(dtype)
+    out, cache = affine_forward(x, w, b)
+    dx, dw, db = affine_backward(dout, cache)
+    x2, w64, d64 = x.reshape(20, -1).astype(np.float64), w.astype(np.float64), dout.astype(np.float64)
+    for got, ref in [(out, x2 @ w64 + b), (dx, (d64 @ w64.T).reshape(x.shape)),
+                     (dw, x2.T @ d64), (db, d64.sum(axis=0))]:
+        assert got.dtype == dtype and got.shape == ref.shape
+        assert_close(got, ref, dtype, atol=1e-4 if dtype == np.float32 else 1e-11)
+
+
+def test_affine_with_mixed_dtypes_uses_numpy():
+    compiled()
+    rng = np.random.RandomState(12)
+    x = rng.randn(60, 300).astype(np.float32)
+    w = rng.randn(300, 40)
+    out, _ = affine_forward(x, w, np.zeros(40))
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, x @ w, rtol=1e-12)
