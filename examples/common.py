@@ -42,7 +42,7 @@ def load_data(args):
             "y_test": rng.randint(10, size=1000),
         }
     folder = data_utils.cifar10_folder(args.data_dir)
-    if not data_utils._is_complete(folder):
+    if not data_utils.is_complete(folder):
         print("CIFAR-10 is not in %s: downloading it (163 MB)." % folder)
         data_utils.download_cifar10(os.path.dirname(folder))
     data = data_utils.get_CIFAR10_data(num_training=args.num_train, cifar10_dir=folder,

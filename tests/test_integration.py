@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.cifar10, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def cifar10():
     folder = data_utils.cifar10_folder()
-    if not data_utils._is_complete(folder):
+    if not data_utils.is_complete(folder):
         pytest.skip("CIFAR-10 is not in %s (python -m xdl.data_utils download)" % folder)
     return data_utils.get_CIFAR10_data(cifar10_dir=folder)
 

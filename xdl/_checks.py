@@ -7,15 +7,6 @@ deep inside numpy.
 import math
 import numbers
 
-import numpy as np
-
-from xdl.backends import get_array_module
-
-
-def shape_str(a):
-    return "x".join(str(d) for d in a.shape) if a.ndim else "scalar"
-
-
 def check_ndim(a, ndim, name, what=None):
     if not hasattr(a, "ndim") or a.ndim != ndim:
         got = "shape %s" % (a.shape,) if hasattr(a, "shape") else type(a).__name__
@@ -132,15 +123,3 @@ def pool_geometry(x, pool_param):
     out_h = conv_output_size(x.shape[2], ph, stride, 0, "height")
     out_w = conv_output_size(x.shape[3], pw, stride, 0, "width")
     return ph, pw, stride, out_h, out_w
-
-
-def check_same_module(*arrays):
-    """Raise the mixed numpy/cupy TypeError early; return the module."""
-    return get_array_module(*arrays)
-
-
-def as_host_labels(y, name="y"):
-    """Convert list-like labels to an integer numpy array (arrays pass through)."""
-    if isinstance(y, (list, tuple)):
-        y = np.asarray(y)
-    return y

@@ -40,12 +40,13 @@ def cifar10_folder(path=None):
     the default data folder.
     """
     path = os.fspath(path) if path is not None else default_data_dir()
-    if _is_complete(path) or os.path.basename(os.path.normpath(path)) == FOLDER:
+    if is_complete(path) or os.path.basename(os.path.normpath(path)) == FOLDER:
         return path
     return os.path.join(path, FOLDER)
 
 
-def _is_complete(folder):
+def is_complete(folder):
+    """True when folder holds all six CIFAR-10 batch files."""
     return all(os.path.isfile(os.path.join(folder, f)) for f in BATCH_FILES)
 
 
@@ -106,7 +107,7 @@ def load_CIFAR10(ROOT, dtype=np.float64):
     - X_test: (10000, 32, 32, 3) images, y_test: (10000,) labels
     """
     folder = cifar10_folder(ROOT)
-    if not _is_complete(folder):
+    if not is_complete(folder):
         raise _missing_error(folder)
     xs, ys = [], []
     for b in range(1, 6):
@@ -253,7 +254,7 @@ def download_cifar10(data_dir=None, url=CIFAR10_URL, md5=CIFAR10_MD5, timeout=60
     """
     data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
     final = os.path.join(data_dir, FOLDER)
-    if _is_complete(final):
+    if is_complete(final):
         return final
     os.makedirs(data_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix=".xdl-download-", dir=data_dir)
@@ -267,7 +268,7 @@ def download_cifar10(data_dir=None, url=CIFAR10_URL, md5=CIFAR10_MD5, timeout=60
         os.mkdir(extracted)
         _safe_extract(archive, extracted)
         folder = os.path.join(extracted, FOLDER)
-        if not _is_complete(folder):
+        if not is_complete(folder):
             raise ValueError("the archive from %s does not hold %s/ with %s"
                              % (url, FOLDER, ", ".join(BATCH_FILES)))
         if os.path.exists(final):  # an incomplete earlier copy: replace it
@@ -290,7 +291,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "where":
         folder = cifar10_folder()
-        print(folder, "(complete)" if _is_complete(folder) else "(missing)")
+        print(folder, "(complete)" if is_complete(folder) else "(missing)")
         return 0
     try:
         folder = download_cifar10(args.dir, url=args.url, md5=args.md5)
