@@ -296,6 +296,23 @@ def test_visible_gpus_and_gpu_worker_specs():
                     "resources": {"GPU": 3}}
 
 
+def test_host_shares_split_each_machines_cores_between_its_trials():
+    nthreads = {"tcp://10.0.0.1:4001": 1, "tcp://10.0.0.1:4002": 1,
+                "tcp://10.0.0.2:4001": 2, "tcp://10.0.0.3:4001": 4}
+    cpus = {"tcp://10.0.0.1:4001": 2, "tcp://10.0.0.1:4002": 2,
+            "tcp://10.0.0.2:4001": 8, "tcp://10.0.0.3:4001": 2}
+    assert sweep_cluster.host_shares(nthreads, cpus) == {"10.0.0.1": 1, "10.0.0.2": 4,
+                                                         "10.0.0.3": 1}
+
+
+@pytest.mark.slow
+def test_gpus_on_a_cluster_without_gpu_workers_is_refused(client, tmp_path):
+    with pytest.raises(ValueError, match="no worker of .* offers the 'GPU' resource"):
+        sweep.run_sweep([{"learning_rate": 1e-3}], settings=FAST, data=SMALL, client=client,
+                        gpus=True, out_dir=str(tmp_path / "out"), verbose=False)
+    assert not (tmp_path / "out" / "journal.jsonl").exists()
+
+
 @pytest.mark.slow
 def test_gpu_worker_specs_start_pinned_workers_with_gpu_slots():
     import distributed
@@ -321,14 +338,16 @@ def test_gpu_worker_specs_start_pinned_workers_with_gpu_slots():
 
 @pytest.fixture(scope="module")
 def client():
+    import dask
     import distributed
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0",
-                                       scheduler_kwargs={"dashboard": False})
-    client = distributed.Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
+    with dask.config.set(sweep_cluster.WORKER_CONFIG):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=":0",
+                                           scheduler_kwargs={"dashboard": False})
+        client = distributed.Client(cluster)
+        yield client
+        client.close()
+        cluster.close()
 
 
 @pytest.mark.slow
@@ -341,7 +360,7 @@ def test_sweep_records_ok_failed_and_diverged_and_loads_data_once(client, tmp_pa
               {"learning_rate": 3e-3, "reg": 0.2}]
     out = str(tmp_path / "out")
     result = sweep.run_sweep(points, settings=FAST, data=SMALL, out_dir=out, client=client,
-                             threads_per_trial=1, verbose=False)
+                             verbose=False)
     status = {(r["hyperparameters"]["learning_rate"], "input_dim" in r["hyperparameters"]):
               r["status"] for r in result.records}
     assert status == {(1e-3, False): "ok", (1e-2, False): "ok", (1e3, False): "diverged",
@@ -354,10 +373,12 @@ def test_sweep_records_ok_failed_and_diverged_and_loads_data_once(client, tmp_pa
     # every trial journaled once, each line valid JSON
     lines = [json.loads(line) for line in journal_lines(out) if line]
     assert sorted(r["id"] for r in lines) == sorted(r["id"] for r in result.records)
-    # each worker process read the data set at most once, and its threads were set
+    # each worker process read the data set at most once, and its kernel threads
+    # were set to its share: 2 workers of 1 Dask thread on this host's cores
     after = client.run(lambda: sum(sweep.data.load_counts().values()))
     assert all(after[w] - before.get(w, 0) <= 1 for w in after)
-    assert set(client.run(get_num_threads).values()) == {1}
+    share = max(1, sweep_cluster.usable_cpus() // 2)
+    assert set(client.run(get_num_threads).values()) == {share}
     assert len({r["worker"] for r in result.records}) == 2
     # the table, the plot and the best model
     assert result.table().splitlines()[0].split()[:4] == ["rank", "status", "val_acc",
@@ -414,8 +435,8 @@ def test_scattered_arrays_and_successive_halving(client, tmp_path):
 def test_a_worker_killed_mid_trial_is_rerun_and_no_result_is_lost(client, tmp_path):
     client.wait_for_workers(2, timeout=60)
     points = sweep.grid({"learning_rate": [1e-3, 2e-3, 3e-3, 4e-3]})
-    settings = {"hidden_dim": 100, "num_epochs": 6, "batch_size": 100}
-    data = sweep.DataSource(synthetic=True, num_train=3000, num_val=200, num_test=10, seed=1)
+    settings = {"hidden_dim": 100, "num_epochs": 8, "batch_size": 100}
+    data = sweep.DataSource(synthetic=True, num_train=4000, num_val=200, num_test=10, seed=1)
     out = tmp_path / "out"
     killed = {}
 
@@ -446,21 +467,23 @@ def test_a_worker_killed_mid_trial_is_rerun_and_no_result_is_lost(client, tmp_pa
     rerun = {r["id"]: r for r in result.records}[killed["id"]]
     assert rerun["pid"] != killed["pid"]           # Dask ran it again elsewhere
     assert rerun["resumed_from_epoch"] >= 1        # from its own checkpoint
-    assert rerun["epochs"] == 6 and len(rerun["val_acc_history"]) == 7
+    assert rerun["epochs"] == 8 and len(rerun["val_acc_history"]) == 9
     ids = [json.loads(line)["id"] for line in journal_lines(str(out)) if line]
     assert sorted(ids) == sorted(r["id"] for r in result.records)  # each once, none lost
 
 
+DRIVER_SETTINGS = {"hidden_dim": 50, "num_epochs": 6, "batch_size": 100}
+DRIVER_DATA = dict(synthetic=True, num_train=3000, num_val=100, num_test=10)
 DRIVER = """
 import sys
 from xdl import sweep
 
+SETTINGS = %r
+DATA = sweep.DataSource(**%r)
+""" % (DRIVER_SETTINGS, DRIVER_DATA) + """
 if __name__ == "__main__":
     points = sweep.grid({"learning_rate": [1e-3, 2e-3, 3e-3, 4e-3, 5e-3, 6e-3, 7e-3, 8e-3]})
-    sweep.run_sweep(points, settings={"hidden_dim": 50, "num_epochs": 4, "batch_size": 100},
-                    data=sweep.DataSource(synthetic=True, num_train=2000, num_val=100,
-                                          num_test=10),
-                    out_dir=sys.argv[1], workers=2)
+    sweep.run_sweep(points, settings=SETTINGS, data=DATA, out_dir=sys.argv[1], workers=2)
 """
 
 
@@ -497,10 +520,9 @@ def test_driver_killed_mid_sweep_then_resumed(client, tmp_path):
 
     points = sweep.grid({"learning_rate": [1e-3, 2e-3, 3e-3, 4e-3, 5e-3, 6e-3, 7e-3, 8e-3]})
     with pytest.warns(TornLineWarning):
-        result = sweep.run_sweep(
-            points, settings={"hidden_dim": 50, "num_epochs": 4, "batch_size": 100},
-            data=sweep.DataSource(synthetic=True, num_train=2000, num_val=100, num_test=10),
-            out_dir=str(out), client=client, resume=True, verbose=False)
+        result = sweep.run_sweep(points, settings=DRIVER_SETTINGS,
+                                 data=sweep.DataSource(**DRIVER_DATA), out_dir=str(out),
+                                 client=client, resume=True, verbose=False)
     assert [r["status"] for r in result.records] == ["ok"] * 8
     after = [json.loads(line) for line in journal.read_bytes().splitlines()]
     ids = [r["id"] for r in after]

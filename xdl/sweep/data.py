@@ -132,3 +132,9 @@ def load_counts():
     """How many times this process has read each DataSource (for checks)."""
     with _lock:
         return dict(_load_counts)
+
+
+def clear_cache():
+    """Forget the data sets this process has loaded (the next load reads again)."""
+    with _lock:
+        _cache.clear()
