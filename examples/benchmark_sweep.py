@@ -11,7 +11,10 @@ share of the cores; the run_sweep call with its embedded LocalCluster), the
 speedup, and the engine's overhead per trial: the worker time not spent
 loading data or training, i.e. cluster start and stop, scheduling, moving
 results, checkpoints, the journal and idle workers at the end, divided by
-the number of trials. "cluster start" is timed on its own, separately.
+the number of trials. "cluster start" is timed on its own, separately. "the
+trial times allow" is workers x (mean sequential trial / mean sweep trial):
+the speedup a perfect engine would reach with the trials as slow or fast as
+they ran (one kernel thread next to a busy neighbour vs. all the cores).
 """
 import argparse
 import os
@@ -96,22 +99,28 @@ def main(argv=None):
                "par_s": par["total_s"], "par_trial_s": statistics.mean(par["trial_s"]),
                "start_s": start_s, "speedup": seq["total_s"] / par["total_s"],
                "overhead_s": overhead, "load_avg": os.getloadavg()[0]}
+        # What the trials' own times allow: workers x (sequential trial / sweep
+        # trial); the engine's efficiency is the measured speedup over that.
+        row["allowed"] = args.workers * row["seq_trial_s"] / row["par_trial_s"]
+        row["efficiency"] = row["speedup"] / row["allowed"]
         rows.append(row)
         print("run %d: sequential %.1f s (data %.1f s, mean trial %.2f s with %d kernel "
               "threads) | sweep on %d workers %.1f s (cluster start %.1f s, mean trial %.2f s "
               "with %d kernel thread%s, %d workers used) | speedup %.2fx | engine overhead "
-              "%.2f s per trial | load average %.2f"
+              "%.2f s per trial | the trial times allow %.2fx, efficiency %.0f%% | load "
+              "average %.2f"
               % (rep + 1, seq["total_s"], seq["load_s"], row["seq_trial_s"],
                  backends.get_num_threads(), args.workers, par["total_s"], start_s,
                  row["par_trial_s"], threads, "" if threads == 1 else "s",
-                 par["workers_used"], row["speedup"], overhead, row["load_avg"]))
+                 par["workers_used"], row["speedup"], overhead, row["allowed"],
+                 100 * row["efficiency"], row["load_avg"]))
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    print("median of %d: sequential %.1f s, sweep %.1f s, speedup %.2fx; engine overhead "
-          "%.2f s per trial = %.1f%% of a 10 s trial (%.1f%% of this run's mean sweep trial, "
-          "%.2f s)"
-          % (len(rows), med["seq_s"], med["par_s"], med["speedup"], med["overhead_s"],
-             100 * med["overhead_s"] / 10.0, 100 * med["overhead_s"] / med["par_trial_s"],
-             med["par_trial_s"]))
+    print("median of %d: sequential %.1f s, sweep %.1f s, speedup %.2fx (the trial times "
+          "allow %.2fx, efficiency %.0f%%); engine overhead %.2f s per trial = %.1f%% of a "
+          "10 s trial (%.1f%% of this run's mean sweep trial, %.2f s)"
+          % (len(rows), med["seq_s"], med["par_s"], med["speedup"], med["allowed"],
+             100 * med["efficiency"], med["overhead_s"], 100 * med["overhead_s"] / 10.0,
+             100 * med["overhead_s"] / med["par_trial_s"], med["par_trial_s"]))
     return rows
 
 

@@ -314,10 +314,26 @@ def test_gpus_on_a_cluster_without_gpu_workers_is_refused(client, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_embedded_cluster_gives_each_worker_its_share_of_the_cores():
+    with sweep.Engine(workers=2) as engine:
+        engine.client.wait_for_workers(2, timeout=60)
+        assert "2 single-threaded worker processes" in engine.description
+        share = max(1, sweep_cluster.usable_cpus() // 2)
+        assert set(engine.client.run(get_num_threads).values()) == {share}
+        assert set(engine.client.nthreads().values()) == {1}
+        # started without Dask's MALLOC_TRIM_THRESHOLD_ (see cluster.WORKER_CONFIG)
+        env = engine.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+        assert set(env.values()) == {None}
+    assert engine.client is None and engine.cluster is None
+
+
+@pytest.mark.slow
 def test_gpu_worker_specs_start_pinned_workers_with_gpu_slots():
+    import dask
     import distributed
     specs = sweep_cluster.gpu_worker_specs(["0", "1"], 2)
-    with distributed.SpecCluster(workers=specs, scheduler={
+    with dask.config.set(sweep_cluster.WORKER_CONFIG), \
+            distributed.SpecCluster(workers=specs, scheduler={
             "cls": distributed.Scheduler, "options": {"dashboard_address": ":0",
                                                       "dashboard": False}}) as cluster, \
             distributed.Client(cluster) as client:
