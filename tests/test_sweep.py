@@ -225,6 +225,8 @@ def test_journal_appends_lines_and_survives_a_torn_last_line(tmp_path):
     (dict(space=[{"learning_rate": -1.0}]), ValueError,
      r"config\['learning_rate'\] must be a finite number"),
     (dict(settings={"batch_size": 0}), ValueError, "batch_size must be a positive integer"),
+    (dict(model="Softmax", settings={"hidden_dim": 64}), ValueError,
+     r"'hidden_dim' is not taken by Softmax, which trains with train\(learning_rate, reg"),
     (dict(workers=0), ValueError, "workers must be an integer >= 1"),
     (dict(halving=sweep.SuccessiveHalving(eta=3), settings={"num_epochs": 2}), ValueError,
      "needs num_epochs >= 3"),

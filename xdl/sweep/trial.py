@@ -167,26 +167,22 @@ def _route(name, merged, rule_names):
     model_kwargs, solver_kwargs, optim_config = {}, {}, {}
     for key, value in merged.items():
         if is_linear(name):
-            if key in taken:
-                solver_kwargs[key] = value
-                continue
+            if key not in taken:
+                raise ValueError("hyperparameter %r is not taken by %s, which trains with "
+                                 "train(%s)" % (key, name, ", ".join(taken)))
+            solver_kwargs[key] = value
         elif key in taken:
             model_kwargs[key] = value
-            continue
         elif key in SOLVER_OPTIONS:
             solver_kwargs[key] = value
-            continue
         elif key in rule_names:
             optim_config[key] = value
-            continue
-        if is_linear(name):
-            raise ValueError("hyperparameter %r is not taken by %s, which trains with "
-                             "train(%s)" % (key, name, ", ".join(taken)))
-        raise ValueError(
-            "hyperparameter %r is not taken by %s (its arguments: %s), by the Solver (%s) "
-            "nor by update rule %r (%s)"
-            % (key, name, ", ".join(taken), ", ".join(SOLVER_OPTIONS),
-               merged.get("update_rule", "sgd"), ", ".join(rule_names)))
+        else:
+            raise ValueError(
+                "hyperparameter %r is not taken by %s (its arguments: %s), by the Solver (%s) "
+                "nor by update rule %r (%s)"
+                % (key, name, ", ".join(taken), ", ".join(SOLVER_OPTIONS),
+                   merged.get("update_rule", "sgd"), ", ".join(rule_names)))
     if is_linear(name):
         solver_kwargs.setdefault("num_iters", DEFAULT_ITERS)
     else:
