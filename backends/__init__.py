@@ -186,6 +186,17 @@ def asnumpy(a):
     return np.asarray(a)
 
 
+def host_floats(values):
+    """
+    Python floats of a list of scalars: numbers, host arrays, or 0-d cupy
+    arrays, which come back in one copy (one synchronization) for the list.
+    """
+    if any(is_cupy_array(v) for v in values):
+        xp = _cupy_if_loaded()
+        return xp.stack([xp.asarray(v) for v in values]).get().tolist()
+    return [float(v) for v in values]
+
+
 def asarray_like(a, like, dtype=None):
     """
     Move ``a`` to the array module of ``like`` (host <-> device if needed).

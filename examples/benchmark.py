@@ -27,6 +27,7 @@ import numpy as np
 
 import xdl
 from xdl import optim
+from xdl._checks import labels_checked
 from xdl.classifiers.cnn import ThreeLayerConvNet
 from xdl.fast_layers import (
     conv_backward_fast,
@@ -342,7 +343,8 @@ class XdlTrainer:
         self.xp = device.xp
 
     def step(self, X, y):
-        loss, grads = self.model.loss(X, y)
+        with labels_checked():  # as in the Solver: the labels were made valid, once
+            loss, grads = self.model.loss(X, y)
         for k, w in self.model.params.items():
             self.model.params[k], self.configs[k] = optim.adam(w, grads[k], self.configs[k])
         return loss

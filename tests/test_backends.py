@@ -106,3 +106,24 @@ def test_asarray_like_moves_to_reference_device(xp):
 
 def test_gpu_available_is_boolean():
     assert xdl.gpu_available() in (True, False)
+
+
+def test_cupy_performance_warning_is_not_an_error(monkeypatch):
+    # setup.cfg makes RuntimeWarnings errors; conftest exempts CuPy's
+    # PerformanceWarning (a RuntimeWarning subclass). Checked with a stand-in.
+    import types
+    import warnings
+    import conftest
+
+    class PerformanceWarning(RuntimeWarning):
+        pass
+    fake = types.ModuleType("cupy")
+    fake._util = types.SimpleNamespace(PerformanceWarning=PerformanceWarning)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("error", RuntimeWarning)
+        conftest.allow_cupy_performance_warnings()
+        warnings.warn("slow path", PerformanceWarning)
+        with pytest.raises(RuntimeWarning, match="overflow"):
+            warnings.warn("overflow", RuntimeWarning)
+    assert [str(w.message) for w in seen] == ["slow path"]

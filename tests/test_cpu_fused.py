@@ -4,6 +4,10 @@ layers.
 
 References: the NumPy formulas of xdl.optim (run by making the extension
 look missing, which is also the fallback path), float64 sums, numpy's @.
+
+numpy-only: these kernels exist only for host arrays, so every test here runs
+with the numpy backend configured, whatever XDL_BACKEND says (the CUDA
+counterparts are tested in test_cuda_kernels.py and test_cross_backend.py).
 """
 import numpy as np
 import pytest
@@ -15,6 +19,8 @@ from xdl.classifiers.fc_net import FullyConnectedNet, TwoLayerNet
 from xdl.layers import affine_backward, affine_forward
 
 from helpers import assert_close
+
+pytestmark = pytest.mark.usefixtures("numpy_backend")
 
 
 def compiled():

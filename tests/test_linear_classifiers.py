@@ -107,7 +107,7 @@ def test_linear_classifier_trains_predicts_saves(backend, cls, tmp_path, capsys)
         (LinearSVM if cls is Softmax else Softmax)().load(path)
 
 
-def test_linear_classifier_stops_on_divergence():
+def test_linear_classifier_stops_on_divergence(backend):
     from xdl.solver import TrainingStopped
     X, y, _ = dev_set(N=200)
     np.random.seed(0)
@@ -115,9 +115,11 @@ def test_linear_classifier_stops_on_divergence():
     with pytest.warns(TrainingStopped, match="training stopped at iteration"):
         history = clf.train(X, y, learning_rate=1e150, reg=1e10, num_iters=50)
     assert len(history) < 50 and all(np.isfinite(history))
+    # W is the one of the last finite step (the bad steps were not applied).
+    assert np.all(np.isfinite(host(clf.W)))
 
 
-def test_linear_classifier_bad_arguments():
+def test_linear_classifier_bad_arguments(backend):
     X, y, _ = dev_set()
     with pytest.raises(ValueError, match="learning_rate must be a number > 0"):
         Softmax().train(X, y, learning_rate=0)

@@ -163,7 +163,7 @@ def test_fc_net_overfits_50_examples(backend, dtype, hidden):
     assert max(solver.train_acc_history) == 1.0
 
 
-def test_fc_net_bad_arguments():
+def test_fc_net_bad_arguments(backend):
     with pytest.raises(ValueError, match="normalization must be None, 'batchnorm' or "
                                          "'layernorm', got 'groupnorm'"):
         FullyConnectedNet([10], normalization="groupnorm")
@@ -236,7 +236,7 @@ def _overfit_images(model, N):
     return solver
 
 
-def test_cnn_bad_arguments():
+def test_cnn_bad_arguments(backend):
     with pytest.raises(ValueError, match="filter_size must be odd"):
         ThreeLayerConvNet(filter_size=4)
     with pytest.raises(ValueError, match="must be even"):

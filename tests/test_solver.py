@@ -59,7 +59,7 @@ def test_training_learns_and_keeps_best_params(backend):
 
 
 @pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "rmsprop", "adam"])
-def test_every_update_rule_by_name(rule):
+def test_every_update_rule_by_name(backend, rule):
     solver = Solver(make_model(), small_data(), update_rule=rule,
                     optim_config={"learning_rate": 1e-3}, num_epochs=1, batch_size=20,
                     verbose=False)
@@ -67,7 +67,7 @@ def test_every_update_rule_by_name(rule):
     assert len(solver.loss_history) == 3
 
 
-def test_lr_decay_per_epoch():
+def test_lr_decay_per_epoch(backend):
     solver = Solver(make_model(), small_data(), update_rule="sgd",
                     optim_config={"learning_rate": 1.0}, lr_decay=0.5, num_epochs=3,
                     batch_size=30, verbose=False)
@@ -75,7 +75,7 @@ def test_lr_decay_per_epoch():
     assert all(c["learning_rate"] == pytest.approx(0.125) for c in solver.optim_configs.values())
 
 
-def test_check_accuracy_batches_and_subsamples():
+def test_check_accuracy_batches_and_subsamples(backend):
     model = make_model()
     data = small_data()
     solver = Solver(model, data, verbose=False)
@@ -104,7 +104,7 @@ def test_nonfinite_loss_stops_and_restores_best(backend):
     assert solver.best_epoch == 0
 
 
-def test_checkpoints_are_written_each_epoch_and_resume_matches(tmp_path):
+def test_checkpoints_are_written_each_epoch_and_resume_matches(backend, tmp_path):
     data = small_data()
     name = str(tmp_path / "ckpt")
     kwargs = dict(update_rule="adam", optim_config={"learning_rate": 1e-2}, lr_decay=0.9,
@@ -129,7 +129,7 @@ def test_checkpoints_are_written_each_epoch_and_resume_matches(tmp_path):
                                    rtol=1e-6)
 
 
-def test_checkpoint_restores_batchnorm_running_stats(tmp_path):
+def test_checkpoint_restores_batchnorm_running_stats(backend, tmp_path):
     data = small_data()
     np.random.seed(0)
     model = FullyConnectedNet([8], input_dim=12, num_classes=3, normalization="batchnorm")
@@ -143,7 +143,7 @@ def test_checkpoint_restores_batchnorm_running_stats(tmp_path):
                                   host(model.bn_params[0]["running_mean"]))
 
 
-def test_load_checkpoint_of_another_model_fails(tmp_path):
+def test_load_checkpoint_of_another_model_fails(backend, tmp_path):
     data = small_data()
     solver = Solver(make_model(), data, num_epochs=1, batch_size=20, verbose=False,
                     checkpoint_name=str(tmp_path / "c"))
@@ -154,7 +154,7 @@ def test_load_checkpoint_of_another_model_fails(tmp_path):
         other.load_checkpoint(str(tmp_path / "c_epoch_1.npz"))
 
 
-def test_bad_arguments():
+def test_bad_arguments(backend):
     data = small_data()
     with pytest.raises(ValueError, match="unknown update rule 'nesterov'"):
         Solver(make_model(), data, update_rule="nesterov")
@@ -169,3 +169,35 @@ def test_bad_arguments():
         Solver(make_model(), bad)
     with pytest.raises(TypeError, match="unexpected keyword argument 'epochs'"):
         Solver(make_model(), data, epochs=3)
+
+
+def test_labels_are_checked_once_when_the_solver_is_built(backend, monkeypatch):
+    data = small_data()
+    bad = dict(data, y_val=np.where(data["y_val"] == 2, 3, data["y_val"]))
+    with pytest.raises(ValueError, match=r"y_val holds labels outside \[0, 3\): min 0, max 3"):
+        Solver(make_model(), bad)
+    # The training steps then skip the check: no device-to-host copy per step.
+    from xdl import _checks
+    calls = []
+    original = _checks.check_labels
+
+    def counting(y, *args, **kwargs):
+        calls.append(_checks._labels_prechecked.get())
+        return original(y, *args, **kwargs)
+    monkeypatch.setattr("xdl.classifiers.base.check_labels", counting)
+    solver = Solver(make_model(), data, num_epochs=1, batch_size=20, verbose=False)
+    solver.train()
+    assert len(calls) == 3 and all(calls)
+
+
+def test_labels_checked_skips_only_the_values():
+    from xdl._checks import check_labels, labels_checked
+    y = np.array([0, 7, 1])
+    with labels_checked():
+        check_labels(y, 3, 2)  # values not checked
+        with pytest.raises(ValueError, match=r"y must have shape \(4,\)"):
+            check_labels(y, 4, 2)
+        with pytest.raises(TypeError, match="integer class labels"):
+            check_labels(y.astype(float), 3, 2)
+    with pytest.raises(ValueError, match=r"labels outside \[0, 2\): min 0, max 7"):
+        check_labels(y, 3, 2)

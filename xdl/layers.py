@@ -9,6 +9,7 @@ layers in ``xdl.fast_layers`` are tested against; they run on the host only.
 """
 import numpy as np
 
+from xdl import _rng
 from xdl.backends import get_array_module, is_cupy_array
 from xdl._checks import (
     check_float_array,
@@ -224,6 +225,23 @@ def _dropout_settings(dropout_param):
     return float(p), check_mode(dropout_param, "dropout_param")
 
 
+def _dropout_uniform(xp, shape, seed):
+    """
+    Uniform numbers in [0, 1) for a dropout mask, made where x lives.
+
+    - numpy: NumPy's global generator, or np.random.RandomState(seed); the
+      notebooks' reference values (the train-time means, the initial losses
+      of the seeded FullyConnectedNet) depend on exactly these draws.
+    - cupy: the counter-based generator of xdl._rng run on the device, from
+      seed or from a seed drawn from NumPy's global generator: no host array
+      is copied to the GPU per step.
+    """
+    if xp is np:
+        rng = np.random if seed is None else np.random.RandomState(seed)
+        return rng.rand(*shape)
+    return _rng.uniform(xp, shape, _rng.new_seed() if seed is None else seed)
+
+
 def dropout_forward(x, dropout_param):
     """
     Performs the forward pass for (inverted) dropout.
@@ -237,9 +255,10 @@ def dropout_forward(x, dropout_param):
       - seed: Seed for the random number generator. Passing seed makes this
         function deterministic, which is needed for gradient checking.
 
-    The mask is drawn with NumPy on the host (from the global generator, or a
-    private one seeded with ``seed``) and then moved to x's device, so a seed
-    gives the same mask on every backend.
+    The mask comes from _dropout_uniform: NumPy's generators on the host (as
+    in the notebooks), a counter-based generator on the GPU. A seed, or
+    np.random.seed, makes masks reproducible on each backend; the masks of
+    the two backends differ.
 
     Outputs:
     - out: Array of the same shape as x.
@@ -251,10 +270,8 @@ def dropout_forward(x, dropout_param):
     p, mode = _dropout_settings(dropout_param)
     mask = None
     if mode == "train":
-        seed = dropout_param.get("seed")
-        rng = np.random if seed is None else np.random.RandomState(seed)
-        host_mask = (rng.rand(*x.shape) < p) / p
-        mask = xp.asarray(host_mask, dtype=x.dtype)
+        keep = _dropout_uniform(xp, x.shape, dropout_param.get("seed")) < p
+        mask = xp.where(keep, x.dtype.type(1 / p), x.dtype.type(0))
         out = x * mask
     else:
         out = x

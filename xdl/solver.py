@@ -6,6 +6,7 @@ The data set stays on the host; each minibatch is moved to the model's
 device by ``model.loss``. Histories hold plain Python floats, so they plot
 and pickle on any backend.
 """
+import contextlib
 import math
 import numbers
 import warnings
@@ -13,8 +14,8 @@ import warnings
 import numpy as np
 
 from xdl import optim, serialization
-from xdl.backends import asarray_like, asnumpy, get_array_module, is_cupy_array
-from xdl._checks import check_nonneg_int, check_positive_int
+from xdl.backends import asarray_like, get_array_module, host_floats, is_cupy_array
+from xdl._checks import check_labels, check_nonneg_int, check_positive_int, labels_checked
 
 
 class TrainingStopped(UserWarning):
@@ -133,6 +134,14 @@ class Solver:
                                  % key)
         self.X_train, self.y_train = data["X_train"], self._host_labels(data, "train")
         self.X_val, self.y_val = data["X_val"], self._host_labels(data, "val")
+        # Label values are checked here, once; the training steps then skip
+        # the check (on the GPU it would copy back to the host every step).
+        # A model that does not say its num_classes keeps its own checks.
+        num_classes = getattr(model, "num_classes", None)
+        self._labels_prechecked = isinstance(num_classes, numbers.Integral)
+        if self._labels_prechecked:
+            for split, y in (("train", self.y_train), ("val", self.y_val)):
+                check_labels(y, y.shape[0], int(num_classes), "y_" + split)
 
         self.update_rule_name = update_rule if isinstance(update_rule, str) else \
             getattr(update_rule, "__name__", repr(update_rule))
@@ -196,7 +205,8 @@ class Solver:
         X_batch = self.X_train[batch_mask]
         y_batch = self.y_train[batch_mask]
 
-        loss, grads = self.model.loss(X_batch, y_batch)
+        with labels_checked() if self._labels_prechecked else contextlib.nullcontext():
+            loss, grads = self.model.loss(X_batch, y_batch)
         self._pending_losses.append(loss)
 
         for p, w in self.model.params.items():
@@ -212,11 +222,7 @@ class Solver:
         """
         bad = None
         pending, self._pending_losses = self._pending_losses, []
-        if pending and is_cupy_array(pending[0]):
-            xp = get_array_module(pending[0])
-            values = asnumpy(xp.stack([xp.asarray(v) for v in pending])).tolist()
-        else:
-            values = [float(v) for v in pending]
+        values = host_floats(pending)
         first = len(self.loss_history)
         for i, v in enumerate(values):
             if bad is None and not math.isfinite(v):

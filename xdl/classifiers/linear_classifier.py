@@ -5,10 +5,11 @@ import warnings
 import numpy as np
 
 from xdl import serialization
-from xdl.backends import asarray, asarray_like, asnumpy, get_array_module
+from xdl.backends import asarray, asarray_like, asnumpy, get_array_module, host_floats
 from xdl.classifiers.linear_svm import svm_loss_vectorized
 from xdl.classifiers.softmax import softmax_loss_vectorized
-from xdl._checks import check_labels, check_ndim, check_nonneg_int, check_positive_int, check_reg
+from xdl._checks import (check_labels, check_ndim, check_nonneg_int, check_positive_int,
+                         check_reg, labels_checked)
 from xdl.solver import TrainingStopped
 
 
@@ -45,7 +46,12 @@ class LinearClassifier:
         - verbose: (boolean) If true, print progress during optimization.
 
         Minibatches are drawn with replacement from the host copy of X (with
-        NumPy's global generator) and moved to W's device.
+        NumPy's global generator) and moved to W's device. Labels are checked
+        once, here. Losses stay on W's device and come back to the host in
+        batches (at each printed line and at the end), so a step on the GPU
+        makes no device-to-host copy: when a loss is not finite, W keeps the
+        value it had before that step (a device-side select), training stops
+        there with a TrainingStopped warning and the history ends before it.
 
         Outputs:
         A list containing the value of the loss function at each training iteration.
@@ -67,22 +73,34 @@ class LinearClassifier:
             raise ValueError("W has shape %s but X has %d features and y has %d classes"
                              % (self.W.shape, dim, num_classes))
 
-        loss_history = []
+        xp = get_array_module(self.W)
+        loss_history, pending = [], []
+        finite = xp.asarray(True)  # on W's device: no loss so far was inf or nan
         for it in range(num_iters):
             idx = np.random.choice(num_train, batch_size, replace=True)
             X_batch = asarray_like(X[idx], self.W, dtype=self.W.dtype)
             y_batch = asarray_like(y[idx], self.W)
-            with np.errstate(over="ignore", invalid="ignore"):
+            with np.errstate(over="ignore", invalid="ignore"), labels_checked():
                 loss, grad = self.loss(X_batch, y_batch, reg)
-            if not math.isfinite(loss):
-                warnings.warn("training stopped at iteration %d: the loss is %r (learning "
-                              "rate %g, reg %g too large?)" % (it, loss, learning_rate, reg),
-                              TrainingStopped, stacklevel=2)
-                break
-            loss_history.append(loss)
-            self.W -= learning_rate * grad
-            if verbose and it % 100 == 0:
-                print("iteration %d / %d: loss %f" % (it, num_iters, loss))
+                pending.append(loss)
+                finite = finite & xp.isfinite(loss)
+                self.W = xp.where(finite, self.W - learning_rate * grad, self.W)
+            printing = verbose and it % 100 == 0
+            if printing or it == num_iters - 1:
+                first = len(loss_history)
+                loss_history.extend(host_floats(pending))
+                pending = []
+                bad = next((i for i in range(first, len(loss_history))
+                            if not math.isfinite(loss_history[i])), None)
+                if bad is not None:
+                    warnings.warn("training stopped at iteration %d: the loss is %r (learning "
+                                  "rate %g, reg %g too large?)"
+                                  % (bad, loss_history[bad], learning_rate, reg),
+                                  TrainingStopped, stacklevel=2)
+                    del loss_history[bad:]
+                    break
+                if printing:
+                    print("iteration %d / %d: loss %f" % (it, num_iters, loss_history[-1]))
         return loss_history
 
     def predict(self, X, batch_size=10000):
