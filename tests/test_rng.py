@@ -55,3 +55,17 @@ def test_new_seed_follows_numpys_global_seed():
 def test_seed_out_of_range(seed):
     with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\)"):
         _rng.uniform(np, (3,), seed)
+
+
+def test_integers_are_floor_of_uniform_times_high():
+    idx = _rng.integers(np, 1000, 37, 11)
+    assert idx.dtype == np.int64 and idx.shape == (1000,)
+    np.testing.assert_array_equal(idx, np.floor(_rng.uniform(np, (1000,), 11) * 37))
+    assert idx.min() == 0 and idx.max() == 36
+    counts = np.bincount(_rng.integers(np, 37000, 37, 12), minlength=37)
+    assert counts.min() > 850 and counts.max() < 1150  # about 1000 each
+    # high = 1, and a high where u * high rounds up to high without the clip
+    assert np.all(_rng.integers(np, 5, 1, 3) == 0)
+    assert _rng.integers(np, 1000, 2 ** 62, 5).max() < 2 ** 62
+    with pytest.raises(ValueError, match="high must be > 0, got 0"):
+        _rng.integers(np, 3, 0, 1)

@@ -46,3 +46,21 @@ def uniform(xp, shape, seed):
     z = (z ^ (z >> np.uint64(27))) * _MIX2
     z = z ^ (z >> np.uint64(31))
     return ((z >> np.uint64(11)).astype(xp.float64) * _TWO_POW_53).reshape(shape)
+
+
+def integers(xp, size, high, seed):
+    """
+    Inputs:
+    - xp: numpy or cupy, where the numbers are made
+    - size: number of integers
+    - high: exclusive upper bound (> 0)
+    - seed: integer in [0, 2**64)
+
+    Returns an int64 array of shape (size,) with values in [0, high), drawn
+    uniformly with replacement (floor(u * high) of uniform()'s numbers).
+    """
+    if int(high) <= 0:
+        raise ValueError("high must be > 0, got %d" % int(high))
+    idx = (uniform(xp, (size,), seed) * int(high)).astype(xp.int64)
+    # u < 1, but u * high can round up to high when high is large.
+    return xp.minimum(idx, int(high) - 1)
