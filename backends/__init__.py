@@ -84,6 +84,14 @@ def gpu_available():
     return True
 
 
+def device_free_bytes():
+    """Free memory of the current CUDA device, in bytes (CuPy's pool counts as free)."""
+    cupy = _import_cupy()
+    free, _total = cupy.cuda.runtime.memGetInfo()
+    pool = cupy.get_default_memory_pool()
+    return int(free + pool.free_bytes())
+
+
 def set_backend(name):
     """
     Choose where new arrays are made.

@@ -7,6 +7,8 @@ import re
 import numpy as np
 import pytest
 
+import xdl
+
 from xdl.classifiers import FullyConnectedNet, TwoLayerNet
 from xdl.serialization import load_state
 from xdl.solver import Solver, TrainingStopped
@@ -201,3 +203,42 @@ def test_labels_checked_skips_only_the_values():
             check_labels(y.astype(float), 3, 2)
     with pytest.raises(ValueError, match=r"labels outside \[0, 2\): min 0, max 7"):
         check_labels(y, 3, 2)
+
+
+def test_minibatches_follow_numpys_seed(backend):
+    def run():
+        np.random.seed(3)
+        solver = Solver(make_model(), small_data(), update_rule="sgd", num_epochs=1,
+                        batch_size=20, verbose=False)
+        solver.train()
+        return solver.loss_history, solver.train_acc_history
+    assert run() == run()
+
+
+def test_accuracy_subsample_is_drawn_where_the_data_is(backend):
+    data = small_data()
+    solver = Solver(make_model(), data, verbose=False)
+    np.random.seed(1)
+    a = solver.check_accuracy(data["X_train"], data["y_train"], num_samples=10)
+    np.random.seed(1)
+    X, y = backend.asarray(data["X_train"]), backend.asarray(data["y_train"])
+    assert solver.check_accuracy(X, y, num_samples=10) == a
+
+
+def test_gpu_training_set_is_copied_once_or_falls_back(gpu, monkeypatch, capsys):
+    data = small_data()
+    with xdl.use_backend("cuda"):
+        model = make_model()
+    copied = []
+    solver = Solver(model, data, num_epochs=1, batch_size=20, print_every=0)
+    original = solver._on_model_device
+    monkeypatch.setattr(solver, "_on_model_device",
+                        lambda X, y: copied.append(X.shape) or original(X, y))
+    solver.train()
+    assert copied == [(60, 12), (20, 12)]  # once each, not per step
+    assert solver._train_set[0] is solver.X_train  # the device copy is dropped after train()
+    # Not enough free memory: a notice, and the steps copy their minibatches.
+    monkeypatch.setattr("xdl.solver.device_free_bytes", lambda: 1000)
+    fallback = Solver(model, data, num_epochs=1, batch_size=20, print_every=0)
+    assert fallback._on_model_device(data["X_train"], data["y_train"])[0] is data["X_train"]
+    assert "do not fit in the GPU's free memory" in capsys.readouterr().out

@@ -13,8 +13,9 @@ import warnings
 
 import numpy as np
 
-from xdl import optim, serialization
-from xdl.backends import asarray_like, get_array_module, host_floats, is_cupy_array
+from xdl import _rng, optim, serialization
+from xdl.backends import (asarray_like, device_free_bytes, get_array_module, host_floats,
+                          is_cupy_array)
 from xdl._checks import check_labels, check_nonneg_int, check_positive_int, labels_checked
 
 
@@ -126,6 +127,14 @@ class Solver:
           accuracy; default is None, which uses the entire validation set.
         - checkpoint_name: If not None, then save model checkpoints here every
           epoch (file '<checkpoint_name>_epoch_<e>.npz', written atomically).
+
+        Minibatch indices (and the subsamples of the accuracy checks) are
+        drawn where the data lives by xdl._rng's counter-based generator,
+        seeded from NumPy's global generator: np.random.seed fixes them, and
+        they are the same on every backend. When the model is on the GPU,
+        train() copies the training and validation sets there once (when
+        they fit in half of the free GPU memory) and checks accuracy in
+        batches of ``device_batch_size``.
         """
         self.model = model
         for key in ("X_train", "y_train", "X_val", "y_val"):
@@ -188,6 +197,7 @@ class Solver:
         self.train_acc_history = []
         self.val_acc_history = []
         self.stopped = None  # (iteration, loss) when training stopped on a bad loss
+        self._train_set = (self.X_train, self.y_train)  # train() moves it to the model's device
         self._pending_losses = []
 
         # Make a deep copy of the optim_config for each parameter
@@ -200,10 +210,11 @@ class Solver:
         Make a single gradient update. This is called by train() and should not
         be called manually.
         """
-        num_train = self.X_train.shape[0]
-        batch_mask = np.random.choice(num_train, self.batch_size)
-        X_batch = self.X_train[batch_mask]
-        y_batch = self.y_train[batch_mask]
+        X_train, y_train = self._train_set
+        batch_mask = _rng.integers(get_array_module(X_train), self.batch_size,
+                                   X_train.shape[0], _rng.new_seed())
+        X_batch = X_train[batch_mask]
+        y_batch = y_train[batch_mask]
 
         with labels_checked() if self._labels_prechecked else contextlib.nullcontext():
             loss, grads = self.model.loss(X_batch, y_batch)
@@ -250,7 +261,7 @@ class Solver:
         """
         N = X.shape[0]
         if num_samples is not None and N > num_samples:
-            mask = np.random.choice(N, num_samples)
+            mask = _rng.integers(get_array_module(X), num_samples, N, _rng.new_seed())
             N = num_samples
             X = X[mask]
             y = y[mask]
@@ -352,6 +363,28 @@ class Solver:
 
     # -- training ----------------------------------------------------------------
 
+    #: Batch size of the accuracy checks when the model is on the GPU.
+    device_batch_size = 2000
+
+    def _on_model_device(self, X, y):
+        """
+        (X, y) on the model's device, X in the model's dtype: copied once when
+        it fits in half of the free GPU memory, else (X, y) as they are, with a
+        one-line notice (each minibatch is then copied when it is used).
+        """
+        ref = next(iter(self.model.params.values()))
+        if is_cupy_array(X):
+            return X.astype(ref.dtype, copy=False), asarray_like(y, ref)
+        nbytes = X.size * ref.dtype.itemsize + y.size * 8
+        free = device_free_bytes()
+        if nbytes > free // 2:
+            if self.verbose:
+                print("note: the %d samples (%.0f MB) do not fit in the GPU's free memory "
+                      "(%.0f MB): each minibatch is copied from the host"
+                      % (X.shape[0], nbytes / 1e6, free / 1e6))
+            return X, y
+        return asarray_like(X, ref, dtype=ref.dtype), asarray_like(y, ref)
+
     def _snapshot_params(self):
         return {k: v.copy() for k, v in self.model.params.items()}
 
@@ -379,6 +412,13 @@ class Solver:
         iterations_per_epoch = max(num_train // self.batch_size, 1)
         num_iterations = self.num_epochs * iterations_per_epoch
         on_gpu = is_cupy_array(next(iter(self.model.params.values()), None))
+        if on_gpu:
+            self._train_set = self._on_model_device(self.X_train, self.y_train)
+            val_set = self._on_model_device(self.X_val, self.y_val)
+        else:
+            val_set = (self.X_val, self.y_val)
+        # Accuracy checks on the GPU run in large batches (one sync per check).
+        acc_batch = self.device_batch_size if on_gpu else 100
         if not self.best_params:
             self.best_params = self._snapshot_params()
         self.stopped = None
@@ -414,10 +454,11 @@ class Solver:
             # Check train and val accuracy on the first iteration, the last
             # iteration, and at the end of each epoch.
             if check_now:
-                train_acc = self.check_accuracy(self.X_train, self.y_train,
-                                                num_samples=self.num_train_samples)
-                val_acc = self.check_accuracy(self.X_val, self.y_val,
-                                              num_samples=self.num_val_samples)
+                train_acc = self.check_accuracy(*self._train_set,
+                                                num_samples=self.num_train_samples,
+                                                batch_size=acc_batch)
+                val_acc = self.check_accuracy(*val_set, num_samples=self.num_val_samples,
+                                              batch_size=acc_batch)
                 self.train_acc_history.append(train_acc)
                 self.val_acc_history.append(val_acc)
 
@@ -437,6 +478,7 @@ class Solver:
 
         # At the end of training swap the best params into the model
         self.model.params = dict(self.best_params)
+        self._train_set = (self.X_train, self.y_train)  # frees the device copy
 
 
 def _rng_state_to_list(state):
