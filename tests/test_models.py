@@ -279,7 +279,7 @@ def test_load_rejects_mismatched_model(tmp_path, numpy_backend):
     TwoLayerNet(input_dim=4, hidden_dim=3, num_classes=2).save(path, verbose=False)
     with pytest.raises(ValueError, match="holds a TwoLayerNet, not a FullyConnectedNet"):
         FullyConnectedNet([3], input_dim=4, num_classes=2).load(path)
-    with pytest.raises(ValueError, match="parameter W1 .* has shape \\(4, 3\\), this model's "
+    with pytest.raises(ValueError, match="W1 in .* has shape \\(4, 3\\), this TwoLayerNet's "
                                          "has shape \\(4, 5\\)"):
         TwoLayerNet(input_dim=4, hidden_dim=5, num_classes=2).load(path)
 

@@ -263,15 +263,14 @@ class Solver:
 
     # -- checkpoints -------------------------------------------------------------
 
-    def _model_running_stats(self):
-        dicts = getattr(self.model, "bn_params", None) or []
-        return [{k: v for k, v in d.items() if k in ("running_mean", "running_var")}
-                for d in dicts]
-
     def checkpoint_state(self):
-        """Everything needed to resume training, as a nested dict of arrays and values."""
+        """
+        Everything needed to resume training, as a nested dict of arrays and
+        values: the model's ``state()`` under 'params', the update rules'
+        state under 'optim_configs/<param>/...', the best parameters, the
+        histories and NumPy's random state.
+        """
         return {
-            "model": type(self.model).__name__,
             "update_rule": self.update_rule_name,
             "lr_decay": self.lr_decay,
             "batch_size": self.batch_size,
@@ -279,8 +278,7 @@ class Solver:
             "num_val_samples": self.num_val_samples,
             "epoch": self.epoch,
             "iteration": self.iteration,
-            "params": self.model.params,
-            "running_stats": self._model_running_stats(),
+            "params": self.model.state(),
             "optim_configs": self.optim_configs,
             "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch,
@@ -288,8 +286,12 @@ class Solver:
             "loss_history": self.loss_history,
             "train_acc_history": self.train_acc_history,
             "val_acc_history": self.val_acc_history,
-            "rng_state": _rng_state_to_list(np.random.get_state()),
+            "rng_state": _rng_state_to_dict(np.random.get_state()),
         }
+
+    def _checkpoint_info(self):
+        return {"model": type(self.model).__name__, "epoch": self.epoch,
+                "iteration": self.iteration}
 
     def _save_checkpoint(self):
         if self.checkpoint_name is None:
@@ -297,7 +299,8 @@ class Solver:
         filename = "%s_epoch_%d.npz" % (self.checkpoint_name, self.epoch)
         if self.verbose:
             print('Saving checkpoint to "%s"' % filename)
-        serialization.save_state(filename, self.checkpoint_state())
+        serialization.save_state(filename, self.checkpoint_state(), kind="checkpoint",
+                                 info=self._checkpoint_info())
         return filename
 
     def load_checkpoint(self, filename):
@@ -307,31 +310,24 @@ class Solver:
         ``checkpoint_name`` option. A later ``train()`` continues where the
         checkpoint was taken, up to ``num_epochs``.
         """
-        state = serialization.load_state(filename)
-        if state.get("model") != type(self.model).__name__:
+        saved = serialization.load_file(filename, kind="checkpoint",
+                                        loader="Solver.load_checkpoint")
+        model_name = type(self.model).__name__
+        if saved.info.get("model") != model_name:
             raise ValueError("%s is a checkpoint of a %s, not of a %s"
-                             % (filename, state.get("model"), type(self.model).__name__))
-        if set(state["params"]) != set(self.model.params):
-            raise ValueError("checkpoint %s has parameters %s but the model has %s"
-                             % (filename, sorted(state["params"]), sorted(self.model.params)))
-        for k, v in state["params"].items():
-            if v.shape != self.model.params[k].shape:
-                raise ValueError("checkpoint parameter %s has shape %s, the model's has %s"
-                                 % (k, v.shape, self.model.params[k].shape))
+                             % (filename, saved.info.get("model"), model_name))
+        state = saved.state
+        # The model checks names and shapes and moves its arrays to its device.
+        self.model.load_state(state["params"], source=filename)
         like = next(iter(self.model.params.values()))
-        dtype = like.dtype
 
         def to_model(tree):
             if isinstance(tree, dict):
                 return {k: to_model(v) for k, v in tree.items()}
             if isinstance(tree, np.ndarray) and tree.dtype.kind == "f":
-                return asarray_like(tree, like, dtype=dtype)
+                return asarray_like(tree, like, dtype=like.dtype)
             return tree
 
-        self.model.params = to_model(state["params"])
-        for d, saved in zip(getattr(self.model, "bn_params", None) or [],
-                            state["running_stats"]):
-            d.update(to_model(saved))
         self.optim_configs = to_model(state["optim_configs"])
         self.best_params = to_model(state["best_params"])
         self.best_val_acc = state["best_val_acc"]
@@ -342,7 +338,7 @@ class Solver:
         self.train_acc_history = list(state["train_acc_history"])
         self.val_acc_history = list(state["val_acc_history"])
         self._pending_losses = []
-        np.random.set_state(_rng_state_from_list(state["rng_state"]))
+        np.random.set_state(_rng_state_from_dict(state["rng_state"]))
 
     # -- training ----------------------------------------------------------------
 
@@ -433,11 +429,12 @@ class Solver:
         self.model.params = dict(self.best_params)
 
 
-def _rng_state_to_list(state):
+def _rng_state_to_dict(state):
     name, keys, pos, has_gauss, cached = state
-    return [name, np.asarray(keys), int(pos), int(has_gauss), float(cached)]
+    return {"name": name, "keys": np.asarray(keys), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
 
 
-def _rng_state_from_list(state):
-    name, keys, pos, has_gauss, cached = state
-    return (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+def _rng_state_from_dict(state):
+    return (state["name"], np.asarray(state["keys"], dtype=np.uint32), state["pos"],
+            state["has_gauss"], state["cached_gaussian"])
