@@ -8,6 +8,8 @@ and pickle on any backend.
 """
 import math
 import numbers
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -179,6 +181,8 @@ class Solver:
         self.train_acc_history = []
         self.val_acc_history = []
         self.stopped = None  # (iteration, loss) when training stopped on a bad loss
+        self.step_time = 0.0  # seconds in training steps during the last train() call
+        self.steps_taken = 0
         self._pending_losses = []
 
         # Make a deep copy of the optim_config for each parameter
@@ -360,10 +364,34 @@ class Solver:
         if self.verbose:
             print(msg)
 
+    def _progress(self, message):
+        """
+        A progress line, on stderr so that stdout keeps exactly the notebooks'
+        (Iteration ...) and (Epoch ...) lines.
+        """
+        if self.verbose:
+            sys.stdout.flush()  # keep the two streams in order in a log file
+            print("[%s]" % message, file=sys.stderr, flush=True)
+
+    def _check_accuracies(self):
+        num_train = self.X_train.shape[0]
+        if self.num_train_samples is None or self.num_train_samples >= num_train:
+            self._progress("checking the accuracy on all %d training images" % num_train)
+        train_acc = self.check_accuracy(self.X_train, self.y_train,
+                                        num_samples=self.num_train_samples)
+        val_acc = self.check_accuracy(self.X_val, self.y_val, num_samples=self.num_val_samples)
+        return train_acc, val_acc
+
     def train(self):
         """
         Run optimization to train the model. Stops early, restoring the best
         parameters, if the loss becomes NaN or infinite (see ``self.stopped``).
+
+        With verbose, prints the notebooks' lines on stdout and, on stderr,
+        each epoch's time with an estimate of the time left. Afterwards
+        ``self.step_time`` holds the seconds this call spent in training steps
+        (forward, backward, update; not the accuracy checks or checkpoints)
+        and ``self.steps_taken`` the number of those steps.
         """
         num_train = self.X_train.shape[0]
         iterations_per_epoch = max(num_train // self.batch_size, 1)
@@ -372,22 +400,31 @@ class Solver:
         if not self.best_params:
             self.best_params = self._snapshot_params()
         self.stopped = None
+        self.step_time = 0.0
+        self.steps_taken = 0
+        train_start = epoch_start = time.perf_counter()
+        first_t = self.iteration
 
         for t in range(self.iteration, num_iterations):
+            step_start = time.perf_counter()
             self._step()
             self.iteration = t + 1
+            self.steps_taken += 1
 
             print_now = self.verbose and self.print_every > 0 and t % self.print_every == 0
             epoch_end = (t + 1) % iterations_per_epoch == 0
             first_it = t == 0
             last_it = t == num_iterations - 1
             check_now = first_it or last_it or epoch_end
-            # On the GPU, losses are fetched in batches so that steps queue up.
+            # On the GPU, losses are fetched in batches so that steps queue up;
+            # fetching waits for the queued steps, so their time counts here.
             if print_now or check_now or not on_gpu or len(self._pending_losses) >= 32:
                 bad = self._flush_losses()
                 if bad is not None:
+                    self.step_time += time.perf_counter() - step_start
                     self._stop_on_bad_loss(bad)
                     break
+            self.step_time += time.perf_counter() - step_start
 
             if print_now:
                 print("(Iteration %d / %d) loss: %f" % (t + 1, num_iterations,
@@ -404,10 +441,7 @@ class Solver:
             # Check train and val accuracy on the first iteration, the last
             # iteration, and at the end of each epoch.
             if check_now:
-                train_acc = self.check_accuracy(self.X_train, self.y_train,
-                                                num_samples=self.num_train_samples)
-                val_acc = self.check_accuracy(self.X_val, self.y_val,
-                                              num_samples=self.num_val_samples)
+                train_acc, val_acc = self._check_accuracies()
                 self.train_acc_history.append(train_acc)
                 self.val_acc_history.append(val_acc)
 
@@ -422,11 +456,30 @@ class Solver:
                     self.best_params = self._snapshot_params()
                 if epoch_end or last_it:
                     self._save_checkpoint()
+
+            if epoch_end:
+                now = time.perf_counter()
+                elapsed = now - train_start
+                left = elapsed / (t + 1 - first_t) * (num_iterations - t - 1)
+                self._progress("epoch %d / %d took %s; %s elapsed, about %s left"
+                               % (self.epoch, self.num_epochs, _duration(now - epoch_start),
+                                  _duration(elapsed), _duration(left)))
+                epoch_start = now
         else:
             self._flush_losses()
 
         # At the end of training swap the best params into the model
         self.model.params = dict(self.best_params)
+
+
+def _duration(seconds):
+    """A duration for people: '4.2 s', '3 min 05 s', '1 h 02 min'."""
+    if seconds < 60:
+        return "%.1f s" % seconds
+    seconds = int(round(seconds))
+    if seconds < 3600:
+        return "%d min %02d s" % (seconds // 60, seconds % 60)
+    return "%d h %02d min" % (seconds // 3600, seconds % 3600 // 60)
 
 
 def _rng_state_to_dict(state):
