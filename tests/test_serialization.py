@@ -100,6 +100,20 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["model.npz"]
 
 
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    # The temporary file of an atomic write is private (0600); the saved file must not be.
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "model.npz"
+        save_state(path, {"w": np.ones(2)})
+        assert os.stat(path).st_mode & 0o777 == 0o644
+        os.chmod(path, 0o640)
+        save_state(path, {"w": np.zeros(2)})  # replacing keeps the file's mode
+        assert os.stat(path).st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)
+
+
 def test_unsupported_values_are_refused(tmp_path):
     with pytest.raises(TypeError, match="cannot save a value of type object"):
         save_state(tmp_path / "x", {"o": object()})

@@ -100,6 +100,16 @@ def _write_archive(f, description, arrays):
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
+def _file_mode(path):
+    """The permission bits of the existing file at path, else 0666 less the umask."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def save_state(path, state, kind="state", info=None):
     """
     Write a nested structure of arrays and plain values to ``path`` atomically.
@@ -124,6 +134,9 @@ def save_state(path, state, kind="state", info=None):
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
                                suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain
+        # open() would, or that of the file it replaces.
+        os.chmod(tmp, _file_mode(path))
         with os.fdopen(fd, "wb") as f:
             _write_archive(f, description, arrays)
             f.flush()

@@ -374,9 +374,9 @@ class Solver:
             print("[%s]" % message, file=sys.stderr, flush=True)
 
     def _check_accuracies(self):
-        num_train = self.X_train.shape[0]
-        if self.num_train_samples is None or self.num_train_samples >= num_train:
-            self._progress("checking the accuracy on all %d training images" % num_train)
+        if self.num_train_samples is None:  # the full pass over the training set
+            self._progress("checking the accuracy on all %d training images"
+                           % self.X_train.shape[0])
         train_acc = self.check_accuracy(self.X_train, self.y_train,
                                         num_samples=self.num_train_samples)
         val_acc = self.check_accuracy(self.X_val, self.y_val, num_samples=self.num_val_samples)
