@@ -10,7 +10,12 @@ matplotlib.use("Agg")
 
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from xdl.vis_utils import moving_average, plot_grid, plot_solver_history, visualize_grid  # noqa: E402
+from xdl.vis_utils import (  # noqa: E402
+    moving_average,
+    plot_grid,
+    plot_solver_history,
+    visualize_grid,
+)
 
 
 def test_visualize_grid_tiles_and_scales_each_image():
