@@ -17,7 +17,6 @@ slow numpy's BLAS), on an otherwise idle machine:
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python examples/benchmark.py
 """
-import argparse
 import os
 import statistics
 import sys
@@ -45,6 +44,8 @@ from xdl.layers import (
     max_pool_backward_naive,
     max_pool_forward_naive,
 )
+
+import common
 
 CONV_CASES = [  # (x shape, w shape, stride, pad): the notebook's and the model's
     ((100, 3, 31, 31), (25, 3, 3, 3), 2, 1),
@@ -500,19 +501,28 @@ def header(device, torch, dtype, args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
-    p.add_argument("--threads", type=int, default=2,
-                   help="threads for xdl's CPU kernels and for torch")
-    p.add_argument("--repeats", type=int, default=21, help="timed repeats per case (median)")
+    p = common.ArgumentParser(__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default=common.default_device(),
+                   help="Time on the CPU (numpy arrays) or on the GPU (cupy arrays); the "
+                        "default follows XDL_BACKEND.")
+    p.add_argument("--dtype", choices=["float32", "float64", "both"], default="both",
+                   help="The floating-point type(s) to time.")
+    p.add_argument("--threads", type=common.positive_int, default=2,
+                   help="Threads for xdl's CPU kernels and for torch.")
+    p.add_argument("--repeats", type=common.positive_int, default=21,
+                   help="Timed repeats per case; each number is their median.")
     p.add_argument("--quick", action="store_true",
-                   help="time the naive conv on a tenth of the batch (scaled up, marked ~) "
-                        "and fewer naive pooling repeats")
-    p.add_argument("--no-naive", action="store_true", help="skip the naive layers")
-    p.add_argument("--no-epoch", action="store_true", help="skip the whole-epoch timing (cuda)")
+                   help="Time the naive conv on a tenth of the batch (scaled up, marked ~) "
+                        "and fewer naive pooling repeats.")
+    p.add_argument("--no-naive", action="store_true", help="Skip the naive layers.")
+    p.add_argument("--no-epoch", action="store_true",
+                   help="Skip the whole-epoch timing (cuda).")
     args = p.parse_args(argv)
+    if args.device == "cuda":
+        try:  # the library's message: what is missing and how to install it
+            xdl.set_backend("cuda")
+        except xdl.BackendError as exc:
+            p.error("argument --device: %s" % exc)
 
     device = Device(args.device)
     if device.name == "cpu":

@@ -3,6 +3,7 @@ restoration, stopping on a bad loss, checkpoints and resuming, bad input."""
 import glob
 import os
 import re
+import time
 
 import numpy as np
 import pytest
@@ -42,6 +43,54 @@ def test_prints_notebook_lines_and_float_histories(backend, capsys):
     assert len(solver.train_acc_history) == len(solver.val_acc_history) == 3
     for h in (solver.loss_history, solver.train_acc_history, solver.val_acc_history):
         assert all(type(v) is float for v in h)
+
+
+def test_progress_goes_to_stderr_and_keeps_the_notebook_lines(capsys):
+    data = small_data()
+    solver = Solver(make_model(), data, update_rule="sgd", optim_config={"learning_rate": 1e-2},
+                    num_epochs=2, batch_size=20, print_every=2, num_train_samples=None)
+    solver.train()
+    captured = capsys.readouterr()
+    # stdout: only the notebooks' lines, exactly in their format
+    for line in captured.out.splitlines():
+        assert re.fullmatch(r"\(Iteration \d+ / 6\) loss: \d+\.\d{6}", line) or \
+            re.fullmatch(r"\(Epoch \d / 2\) train acc: \d\.\d{6}; val_acc: \d\.\d{6}", line), line
+    # stderr: the full training-accuracy passes, and each epoch with elapsed time and ETA
+    err = captured.err.splitlines()
+    assert err.count("[checking the accuracy on all 60 training images]") == 3
+    epochs = [line for line in err if line.startswith("[epoch")]
+    assert len(epochs) == 2
+    assert re.fullmatch(r"\[epoch 1 / 2 took \d+\.\d s; \d+\.\d s elapsed, about \d+\.\d s left\]",
+                        epochs[0])
+    assert epochs[1].endswith("about 0.0 s left]")
+    # quiet solvers print nothing at all
+    Solver(make_model(), data, num_epochs=1, batch_size=20, verbose=False).train()
+    assert capsys.readouterr() == ("", "")
+
+
+def test_step_time_counts_training_steps_only(monkeypatch):
+    solver = Solver(make_model(), small_data(), update_rule="sgd",
+                    optim_config={"learning_rate": 1e-2}, num_epochs=2, batch_size=20,
+                    verbose=False)
+    real = solver.check_accuracy
+
+    def slow_check(*args, **kwargs):
+        time.sleep(0.05)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(solver, "check_accuracy", slow_check)
+    start = time.perf_counter()
+    solver.train()
+    wall = time.perf_counter() - start
+    checks = 2 * len(solver.train_acc_history)  # train and val, each sleeping 0.05 s
+    assert solver.steps_taken == 6 and len(solver.train_acc_history) == 3
+    assert 0 < solver.step_time <= wall - 0.05 * checks
+
+
+def test_durations_read_like_a_person_writes_them():
+    from xdl.solver import _duration
+    assert _duration(4.24) == "4.2 s"
+    assert _duration(185) == "3 min 05 s"
+    assert _duration(3725) == "1 h 02 min"
 
 
 def test_training_learns_and_keeps_best_params(backend):

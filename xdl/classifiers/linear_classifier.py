@@ -1,5 +1,6 @@
 """Linear classifiers trained with minibatch SGD: Softmax and LinearSVM."""
 import math
+import numbers
 import warnings
 
 import numpy as np
@@ -60,8 +61,11 @@ class LinearClassifier:
         y = np.asarray(y) if isinstance(y, (list, tuple)) else y
         num_train, dim = X.shape
         check_labels(y, num_train, int(y.max()) + 1 if num_train else 1, "y")
-        if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
-            raise ValueError("learning_rate must be a number > 0, got %r" % (learning_rate,))
+        # Zero is a valid learning rate (it measures the initial loss), as in torch.optim.
+        if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real) \
+                or not learning_rate >= 0 or not math.isfinite(learning_rate):
+            raise ValueError("learning_rate must be a finite number >= 0, got %r"
+                             % (learning_rate,))
         reg = check_reg(reg)
         num_iters = check_nonneg_int(num_iters, "num_iters")
         batch_size = check_positive_int(batch_size, "batch_size")
@@ -148,20 +152,26 @@ class LinearClassifier:
         return type(self).loss_function(self.W, X_batch, y_batch, reg)
 
     def save(self, fname, verbose=True):
-        """Save the weights to fname (atomically); load them with load(fname)."""
+        """
+        Save the weights to fname (atomically): an .npz archive with the array
+        'W' (``numpy.load(fname)["W"]``); load them with load(fname).
+        """
         if self.W is None:
             raise RuntimeError("nothing to save: the classifier has no weights yet")
-        serialization.save_state(fname, {"class": type(self).__name__, "W": self.W})
+        serialization.save_state(fname, {"W": self.W}, kind="linear_classifier",
+                                 info={"class": type(self).__name__})
         if verbose:
             print(fname, "saved.")
 
     def load(self, fname, verbose=True):
         """Load weights saved by save(fname) onto the configured backend. Returns True."""
-        state = serialization.load_state(fname)
-        if state.get("class") != type(self).__name__:
-            raise ValueError("%s holds a %s, not a %s"
-                             % (fname, state.get("class"), type(self).__name__))
-        self.W = asarray(state["W"])
+        saved = serialization.load_file(fname, kind="linear_classifier",
+                                        loader="%s().load" % type(self).__name__)
+        if saved.info.get("class") != type(self).__name__:
+            raise ValueError("%s holds a %s, not a %s: load it with %s().load(%r)"
+                             % (fname, saved.info.get("class"), type(self).__name__,
+                                saved.info.get("class"), fname))
+        self.W = asarray(saved.state["W"])
         if verbose:
             print(fname, "loaded.")
         return True
