@@ -50,6 +50,8 @@ from queue import SimpleQueue
 
 import numpy as np
 
+from xdl.backends import _boundary
+
 from libc.string cimport memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
@@ -919,6 +921,7 @@ def im2col(x, int KH, int KW, int stride, int pad, int OH, int OW):
       (n*OH + oh)*OW + ow
     """
     x = _floating(x, "x")
+    _boundary.check_im2col(x, KH, KW, stride, pad, OH, OW)
     cdef ConvShape s = _window_shape(x.shape, KH, KW, stride, pad, OH, OW)
     cols = np.empty((s.K, s.N * s.P), dtype=x.dtype)
     if cols.size:
@@ -938,10 +941,8 @@ def col2im(cols, x_shape, int KH, int KW, int stride, int pad, int OH, int OW):
     - dx: (N, C, H, W) with the dtype of cols
     """
     cols = _floating(cols, "cols")
+    _boundary.check_col2im(cols, x_shape, KH, KW, stride, pad, OH, OW)
     cdef ConvShape s = _window_shape(tuple(x_shape), KH, KW, stride, pad, OH, OW)
-    if cols.shape != (s.K, s.N * s.P):
-        raise ValueError("cols must have shape %s for x_shape %s, got %s"
-                         % ((s.K, s.N * s.P), tuple(x_shape), cols.shape))
     dx = np.zeros((s.N, s.C, s.H, s.W), dtype=cols.dtype)
     if cols.size:
         _run(_make_work(COL2IM, s, s.N, 1, (cols, dx)))
@@ -960,9 +961,9 @@ def conv_forward(x, w, b, int stride, int pad, int OH, int OW):
     - out: (N, F, OH, OW), out[n, f] = sum over (c, kh, kw) of
       w[f, c, kh, kw] * xpad[n, c, oh*stride + kh, ow*stride + kw] + b[f]
     """
-    x = _floating(x, "x")
-    w = np.ascontiguousarray(w, dtype=x.dtype)
-    b = np.ascontiguousarray(b, dtype=x.dtype)
+    _boundary.float_dtype((("x", x), ("w", w), ("b", b)), "CPU kernels", np.ndarray, "numpy")
+    _boundary.check_conv_forward(x, w, b, stride, pad, OH, OW)
+    x, w, b = np.ascontiguousarray(x), np.ascontiguousarray(w), np.ascontiguousarray(b)
     cdef ConvShape s = _conv_shape(x.shape, w.shape, stride, pad, OH, OW)
     out = np.empty((s.N, s.F, OH, OW), dtype=x.dtype)
     if out.size == 0:
@@ -985,9 +986,10 @@ def conv_backward(dout, x, w, int stride, int pad, int OH, int OW, compute_dx=Tr
 
     Returns a tuple of (dx, dw, db).
     """
-    x = _floating(x, "x")
-    dout = np.ascontiguousarray(dout, dtype=x.dtype)
-    w = np.ascontiguousarray(w, dtype=x.dtype)
+    _boundary.float_dtype((("dout", dout), ("x", x), ("w", w)), "CPU kernels", np.ndarray,
+                          "numpy")
+    _boundary.check_conv_backward(dout, x, w, stride, pad, OH, OW)
+    x, dout, w = np.ascontiguousarray(x), np.ascontiguousarray(dout), np.ascontiguousarray(w)
     cdef ConvShape s = _conv_shape(x.shape, w.shape, stride, pad, OH, OW)
     cdef bint want_dx = bool(compute_dx)
     dx = np.empty(x.shape, dtype=x.dtype) if want_dx else None
@@ -1041,6 +1043,7 @@ def maxpool_forward(x, int ph, int pw, int stride, int OH, int OW):
       each window in row-major order (np.argmax's tie rule)
     """
     x = _floating(x, "x")
+    _boundary.check_pool_forward(x, ph, pw, stride, OH, OW)
     cdef ConvShape s = _pool_shape(x.shape, ph, pw, stride, OH, OW)
     out = np.empty((s.N, s.C, OH, OW), dtype=x.dtype)
     argmax = np.empty((s.N, s.C, OH, OW), dtype=np.int32)
@@ -1059,11 +1062,9 @@ def maxpool_backward(dout, argmax, x_shape, int ph, int pw, int stride, int OH, 
       (overlapping windows accumulate)
     """
     dout = _floating(dout, "dout")
+    _boundary.check_pool_backward(dout, argmax, x_shape, ph, pw, stride, OH, OW)
     argmax = np.ascontiguousarray(argmax, dtype=np.int32)
     cdef ConvShape s = _pool_shape(tuple(x_shape), ph, pw, stride, OH, OW)
-    if dout.shape != (s.N, s.C, OH, OW) or argmax.shape != dout.shape:
-        raise ValueError("dout and argmax must have shape %s, got %s and %s"
-                         % ((s.N, s.C, OH, OW), dout.shape, argmax.shape))
     dx = np.empty((s.N, s.C, s.H, s.W), dtype=dout.dtype)
     if dx.size == 0:
         return dx

@@ -128,3 +128,37 @@ def test_bad_hyperparameters():
         optim.adam(w, w, {"learning_rate": float("nan")})
     with pytest.raises(ValueError, match=r"dw has shape \(2,\) but w has shape \(3,\)"):
         optim.sgd(w, np.ones(2))
+
+
+def test_misspelled_config_key_names_the_keys_the_rule_takes():
+    w = np.ones(3)
+    with pytest.raises(ValueError, match=r"config key 'lr' is not used by the update rule adam; "
+                                         r"adam takes the hyperparameters learning_rate, beta1, "
+                                         r"beta2, epsilon and keeps its state in m, v, t"):
+        optim.adam(w, w, {"lr": 1e-3})
+    with pytest.raises(ValueError, match=r"'momentun' .*\(did you mean 'momentum'\?\).*velocity"):
+        optim.sgd_momentum(w, w, {"learning_rate": 1e-3, "momentun": 0.9})
+    with pytest.raises(ValueError, match="sgd takes the hyperparameter learning_rate and keeps "
+                                         "no state"):
+        optim.sgd(w, w, {"learning_rate": 1e-3, "velocity": np.zeros(3)})
+    config = {"learning_rate": 1e-2, "decay": 0.9}
+    with pytest.raises(ValueError, match=r"'decay' .*did you mean 'decay_rate'"):
+        optim.rmsprop(w, w, config)
+    assert config == {"learning_rate": 1e-2, "decay": 0.9}  # nothing was changed
+
+
+@pytest.mark.parametrize("rule", sorted(optim.UPDATE_RULES))
+def test_config_after_a_step_is_valid_for_the_next_step(rule):
+    # The state the rule stores, and its defaults, are keys it accepts.
+    w = np.ones((2, 3))
+    update = optim.get_update_rule(rule)
+    next_w, config = update(w, w * 0.5, None)
+    assert set(config) == set(optim.RULES[rule].keys())
+    update(next_w, w * 0.5, config)
+
+
+def test_bad_step_count_raises():
+    w = np.ones(3)
+    for t in (-1, 2.5, True):
+        with pytest.raises(ValueError, match=r"config\['t'\]"):
+            optim.adam(w, w, {"t": t})

@@ -7,6 +7,33 @@ deep inside numpy.
 import math
 import numbers
 
+import numpy as np
+
+from xdl.backends import is_cupy_array
+
+
+def check_same_device(**arrays):
+    """
+    Arrays given by name must all live on one device: numpy and cupy arrays
+    never mix (nothing is copied across devices silently). Scalars and None
+    are ignored.
+
+    Raises TypeError naming a numpy and a cupy argument and their shapes.
+    """
+    on_cpu = on_gpu = None
+    for name, a in arrays.items():
+        if is_cupy_array(a):
+            on_gpu = on_gpu or name
+        elif isinstance(a, np.ndarray):
+            on_cpu = on_cpu or name
+        if on_cpu and on_gpu:
+            raise TypeError(
+                "mixed numpy and cupy arrays: %s is a numpy array of shape %s and %s a cupy "
+                "array of shape %s; move one side explicitly with xdl.asarray (to the "
+                "configured backend) or xdl.asnumpy (to the host)"
+                % (on_cpu, tuple(arrays[on_cpu].shape), on_gpu, tuple(arrays[on_gpu].shape)))
+
+
 def check_ndim(a, ndim, name, what=None):
     if not hasattr(a, "ndim") or a.ndim != ndim:
         got = "shape %s" % (a.shape,) if hasattr(a, "shape") else type(a).__name__
