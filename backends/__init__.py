@@ -212,7 +212,7 @@ OPERATIONS = (
     "im2col", "col2im", "conv_forward", "conv_backward",
     "maxpool_forward", "maxpool_backward",
     "matmul", "softmax_loss",
-    "sgd", "sgd_momentum", "rmsprop", "adam",
+    "sgd", "sgd_momentum", "rmsprop", "adam", "adamw",
     "sum_of_squares", "axpy",
 )
 

@@ -352,6 +352,77 @@ def adam(w, dw, m, v, beta1, beta2, step, eps_hat):
     return next_w, m, v
 
 
+# ---------------------------------------------------------------- adamw
+
+cdef struct AdamWJob:
+    const void* w
+    const void* dw
+    void* m             # first moment, updated in place
+    void* v             # second moment, updated in place
+    void* next_w
+    double beta1, beta2, step, eps_hat, shrink
+
+
+cdef void _adamw_run(Items* items, const AdamWJob* j, floating* next_w) noexcept nogil:
+    # The moments of adam, then next_w = shrink * w - step * m / (sqrt(v) + eps_hat),
+    # shrink = 1 - lr * weight_decay (the decoupled weight decay).
+    cdef const floating* w = <const floating*>j.w
+    cdef const floating* dw = <const floating*>j.dw
+    cdef floating* m = <floating*>j.m
+    cdef floating* v = <floating*>j.v
+    cdef floating b1 = <floating>j.beta1, k1 = <floating>(1 - j.beta1)
+    cdef floating b2 = <floating>j.beta2, k2 = <floating>(1 - j.beta2)
+    cdef floating neg_step = <floating>(-j.step), eps = <floating>j.eps_hat
+    cdef floating shrink = <floating>j.shrink
+    cdef floating root[SQRT_BLOCK]
+    cdef Py_ssize_t lo = 0, hi = 0, b0, bn, i
+    while _take(items, &lo, &hi):
+        b0 = lo
+        while b0 < hi:
+            bn = min(<Py_ssize_t>SQRT_BLOCK, hi - b0)
+            _adam_moments(dw + b0, m + b0, v + b0, root, bn, b1, k1, b2, k2)
+            for i in range(bn):
+                next_w[b0 + i] = (m[b0 + i] / (root[i] + eps)) * neg_step + w[b0 + i] * shrink
+            b0 += bn
+
+
+cdef class _AdamWWork(_Work):
+    cdef AdamWJob job
+
+    def run(self, int tid):
+        with nogil:
+            if self.is_double:
+                _adamw_run(&self.items, &self.job, <double*>self.job.next_w)
+            else:
+                _adamw_run(&self.items, &self.job, <float*>self.job.next_w)
+
+
+def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink):
+    """
+    AdamW (Adam with decoupled weight decay) in one pass.
+
+    Inputs:
+    - w, dw, m, v, beta1, beta2, step, eps_hat: as adam
+    - shrink: 1 - learning_rate * weight_decay (computed by xdl.optim.adamw)
+
+    Returns a tuple of:
+    - next_w: shrink * w - step * m / (sqrt(v) + eps_hat) with the updated
+      moments (a new array)
+    - m, v: the arrays given, updated as in adam
+    """
+    dtype = _check_arrays((("w", w), ("dw", dw)), (("m", m), ("v", v)))
+    w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
+    next_w = np.empty(w.shape, dtype=dtype)
+    cdef _AdamWWork work = _AdamWWork()
+    work.job.w, work.job.dw = _address(w, False), _address(dw, False)
+    work.job.m, work.job.v = _address(m, True), _address(v, True)
+    work.job.next_w = _address(next_w, True)
+    work.job.beta1, work.job.beta2, work.job.step, work.job.eps_hat = beta1, beta2, step, eps_hat
+    work.job.shrink = shrink
+    _run_elementwise(work, w.size, dtype, (w, dw, m, v, next_w))
+    return next_w, m, v
+
+
 # ------------------------------------------------------- sum of squares
 
 cdef struct SumOfSquaresJob:

@@ -11,7 +11,7 @@ sharing this module's namespace:
   the thread team runs, array addresses and argument checks;
 - ``_cpu_conv.pxi``: im2col, col2im, conv_forward, conv_backward;
 - ``_cpu_pool.pxi``: maxpool_forward, maxpool_backward;
-- ``_cpu_elementwise.pxi``: sgd, sgd_momentum, rmsprop, adam,
+- ``_cpu_elementwise.pxi``: sgd, sgd_momentum, rmsprop, adam, adamw,
   sum_of_squares, axpy;
 - ``_cpu_matmul.pxi``: matmul.
 

@@ -171,6 +171,11 @@ def adam(w, dw, m, v, beta1, beta2, step, eps_hat):
     return _elementwise(w, dw, m, v).adam(w, dw, m, v, beta1, beta2, step, eps_hat)
 
 
+def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink):
+    """numpy_kernels.adamw, fused when fused_kernels takes the arrays."""
+    return _elementwise(w, dw, m, v).adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink)
+
+
 # ---------------------------------------------------- L2 regularization
 
 def sum_of_squares(x):

@@ -57,6 +57,7 @@ SIGNATURES = {
     "sgd_momentum_update": ("in", "in", "inout", "out", "T", "T", "i64"),
     "rmsprop_update": ("in", "in", "inout", "out") + ("T",) * 4 + ("i64",),
     "adam_update": ("in", "in", "inout", "inout", "out") + ("T",) * 6 + ("i64",),
+    "adamw_update": ("in", "in", "inout", "inout", "out") + ("T",) * 7 + ("i64",),
     "axpy": ("in", "inout", "T", "i64"),
     "softmax_loss_rows": ("in", "in_i64", "out", "out", "i64", "i64"),
 }
@@ -426,6 +427,21 @@ def adam(w, dw, m, v, beta1, beta2, step, eps_hat):
     next_w = _cupy().empty(w.shape, dtype=dtype)
     _launch("adam_update", dtype, w.size, w, dw, m, v, next_w,
             beta1, 1 - beta1, beta2, 1 - beta2, step, eps_hat, w.size)
+    return next_w, m, v
+
+
+def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink):
+    """
+    Returns (next_w, m, v): the moments updated in place as in adam and
+    next_w = shrink * w - step * m / (sqrt(v) + eps_hat), where
+    shrink = 1 - lr * weight_decay (computed by xdl.optim.adamw).
+    """
+    dtype = _fused_dtype((("w", w), ("dw", dw)), (("m", m), ("v", v)))
+    if dtype is None:
+        return numpy_kernels.adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink)
+    next_w = _cupy().empty(w.shape, dtype=dtype)
+    _launch("adamw_update", dtype, w.size, w, dw, m, v, next_w,
+            beta1, 1 - beta1, beta2, 1 - beta2, step, eps_hat, shrink, w.size)
     return next_w, m, v
 
 

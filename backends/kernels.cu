@@ -231,6 +231,24 @@ __global__ void adam_update(const T* __restrict__ w, const T* __restrict__ dw,
     }
 }
 
+// AdamW: the moments of adam; next_w = shrink * w - step * m / (sqrt(v) + eps_hat),
+// with shrink = 1 - lr * weight_decay (the decoupled weight decay).
+template <typename T>
+__global__ void adamw_update(const T* __restrict__ w, const T* __restrict__ dw,
+                             T* __restrict__ m, T* __restrict__ v, T* __restrict__ next_w,
+                             T beta1, T one_m_beta1, T beta2, T one_m_beta2,
+                             T step, T eps_hat, T shrink, long long n)
+{
+    XDL_GRID_STRIDE_LOOP(i, n) {
+        const T g = dw[i];
+        const T mi = beta1 * m[i] + one_m_beta1 * g;
+        const T vi = beta2 * v[i] + one_m_beta2 * (g * g);
+        m[i] = mi;
+        v[i] = vi;
+        next_w[i] = shrink * w[i] - step * mi / (sqrt(vi) + eps_hat);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // L2 regularization
 // ---------------------------------------------------------------------------

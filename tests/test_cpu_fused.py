@@ -51,8 +51,11 @@ RULE_CONFIGS = {
     "sgd_momentum": {"learning_rate": 0.05, "momentum": 0.8},
     "rmsprop": {"learning_rate": 0.01, "decay_rate": 0.9, "epsilon": 1e-8},
     "adam": {"learning_rate": 0.01, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-8},
+    "adamw": {"learning_rate": 0.01, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-8,
+              "weight_decay": 0.1},
 }
-STATE = {"sgd": (), "sgd_momentum": ("velocity",), "rmsprop": ("cache",), "adam": ("m", "v")}
+STATE = {"sgd": (), "sgd_momentum": ("velocity",), "rmsprop": ("cache",), "adam": ("m", "v"),
+         "adamw": ("m", "v")}
 
 
 def _run_rule(rule, w, grads):

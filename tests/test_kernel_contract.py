@@ -491,6 +491,10 @@ def test_float64_kernels_keep_float64_precision(impl):
                         0.9, 0.999, 0.5, 1e-8)
     assert_close(got[1], 0.9 * m + 0.1 * dw, **tight)
     assert_close(got[0], wv - 0.5 * host(got[1]) / (np.sqrt(host(got[2])) + 1e-8), **tight)
+    got = impl.ops.adamw(impl.put(wv), impl.put(dw), impl.put(m), impl.put(v),
+                         0.9, 0.999, 0.5, 1e-8, 1 - 1e-9)
+    assert_close(got[0], (1 - 1e-9) * wv - 0.5 * host(got[1]) / (np.sqrt(host(got[2])) + 1e-8),
+                 **tight)
     scores, y = fine(3, 4), np.array([0, 3, 1])
     loss, dscores = impl.ops.softmax_loss(impl.put(scores), impl.put(y))
     e_loss, e_dscores = softmax_reference(scores, y)
@@ -583,19 +587,22 @@ def rule_case(name, rng):
             cache = 0.9 * cache + 0.1 * dw * dw
             return w - 0.01 * dw / (np.sqrt(cache) + 1e-8), cache
         return (rng.rand(7, 9),), (0.01, 0.9, 1e-8), rmsprop
-    # Adam at step t = 5, the bias correction folded in as xdl.optim does.
+    # Adam and AdamW at step t = 5, the bias correction folded in as
+    # xdl.optim does; AdamW's weights shrink by 1 - lr * weight_decay.
     t, lr = 5, 0.01
     step = lr * math.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
     eps_hat = 1e-8 * math.sqrt(1 - 0.999 ** t)
+    shrink = 1 - lr * 0.1 if name == "adamw" else 1
 
     def adam(w, dw, m, v):
         m = 0.9 * m + 0.1 * dw
         v = 0.999 * v + 0.001 * dw * dw
-        return w - step * m / (np.sqrt(v) + eps_hat), m, v
-    return (rng.randn(7, 9), rng.rand(7, 9)), (0.9, 0.999, step, eps_hat), adam
+        return shrink * w - step * m / (np.sqrt(v) + eps_hat), m, v
+    scalars = (0.9, 0.999, step, eps_hat) + ((shrink,) if name == "adamw" else ())
+    return (rng.randn(7, 9), rng.rand(7, 9)), scalars, adam
 
 
-RULE_NAMES = ["sgd", "sgd_momentum", "rmsprop", "adam"]
+RULE_NAMES = ["sgd", "sgd_momentum", "rmsprop", "adam", "adamw"]
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
@@ -676,6 +683,7 @@ def test_rules_and_reductions_refuse_integer_arrays(impl, bad):
         lambda: impl.ops.sgd_momentum(a, a, a, 0.1, 0.9),
         lambda: impl.ops.rmsprop(a, a, a, 0.1, 0.9, 1e-8),
         lambda: impl.ops.adam(a, a, a, a, 0.9, 0.999, 0.1, 1e-8),
+        lambda: impl.ops.adamw(a, a, a, a, 0.9, 0.999, 0.1, 1e-8, 0.99),
         lambda: impl.ops.sum_of_squares(a),
         lambda: impl.ops.axpy(0.5, a, a),
         lambda: impl.ops.softmax_loss(impl.put(np.ones((3, 4)), bad), labels),
@@ -737,3 +745,22 @@ def test_shapes_are_checked_at_the_kernel_boundary(impl):
         impl.ops.axpy(0.5, a, v)
     with pytest.raises(ValueError, match="y must have shape"):
         impl.ops.softmax_loss(a, impl.put(np.zeros(4), np.int64))
+
+
+def test_argmax_entries_outside_the_window_contribute_nothing(impl):
+    # Never written outside the plane (the compiled kernel would otherwise
+    # store out of bounds): such an entry's gradient is dropped, everywhere.
+    rng = np.random.RandomState(12)
+    x = rng.randn(2, 3, 6, 8)
+    for ph, pw, stride, OH, OW in [(2, 2, 2, 3, 4), (3, 2, 1, 4, 7)]:
+        _, argmax = impl.ops.maxpool_forward(impl.put(x), ph, pw, stride, OH, OW)
+        dout = rng.randn(2, 3, OH, OW)
+        bad = host(argmax).copy()
+        bad[0, 1, 1, 2], bad[1, 2, 0, 0] = ph * pw, -7
+        kept = dout.copy()
+        kept[0, 1, 1, 2] = kept[1, 2, 0, 0] = 0
+        got = impl.ops.maxpool_backward(impl.put(dout), impl.put(bad), x.shape,
+                                        ph, pw, stride, OH, OW)
+        expected = impl.ops.maxpool_backward(impl.put(kept), argmax, x.shape,
+                                             ph, pw, stride, OH, OW)
+        np.testing.assert_array_equal(host(got), host(expected))

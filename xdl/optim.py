@@ -71,6 +71,8 @@ RULES = {
     "rmsprop": Rule((_learning_rate(1e-2), Hyper("decay_rate", 0.99, hi=1.0), EPSILON),
                     ("cache",)),
     "adam": Rule((_learning_rate(1e-3), BETA1, BETA2, EPSILON), ("m", "v", "t")),
+    "adamw": Rule((_learning_rate(1e-3), BETA1, BETA2, EPSILON, Hyper("weight_decay", 1e-2)),
+                  ("m", "v", "t")),
 }
 
 
@@ -223,11 +225,36 @@ def adam(w, dw, config=None):
     return next_w, config
 
 
+def adamw(w, dw, config=None):
+    """
+    Uses the AdamW update rule (Loshchilov and Hutter, "Decoupled Weight
+    Decay Regularization"), as torch.optim.AdamW: Adam whose weight decay
+    shrinks the weights directly, w -= learning_rate * weight_decay * w,
+    instead of entering the gradient (and so the moments) as an L2 term
+    does.
+
+    config format:
+    - learning_rate, beta1, beta2, epsilon, m, v, t: as for adam.
+    - weight_decay: Decoupled weight decay; 0 gives adam.
+    """
+    config = _config("adamw", w, dw, config)
+    lr, beta1, beta2, eps, weight_decay = _hyperparameters("adamw", config)
+    m, v = _state(config, w, "m", "v")
+    t = _steps_taken(config) + 1
+    step, eps_hat = _adam_bias_correction(lr, beta1, beta2, eps, t)
+    shrink = 1 - lr * weight_decay
+    next_w, _, _ = kernels_for(w, dw, m, v).adamw(w, dw, m, v, beta1, beta2, step, eps_hat,
+                                                  shrink)
+    config["t"] = t
+    return next_w, config
+
+
 UPDATE_RULES = {
     "sgd": sgd,
     "sgd_momentum": sgd_momentum,
     "rmsprop": rmsprop,
     "adam": adam,
+    "adamw": adamw,
 }
 
 
