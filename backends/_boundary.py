@@ -130,7 +130,9 @@ def check_floating(name, a):
                         % (name, getattr(a, "dtype", type(a).__name__)))
 
 
-FLOAT_DTYPES = ("float32", "float64")
+# Type characters of float32 and float64 (dtype.char is cheap; dtype.name is
+# computed in Python on every access).
+FLOAT_CHARS = ("f", "d")
 
 
 def float_dtype(named, where, array_type=None, type_name=None):
@@ -146,7 +148,7 @@ def float_dtype(named, where, array_type=None, type_name=None):
         if array_type is not None and not isinstance(a, array_type):
             raise TypeError("%s must be a %s array for the %s, got %s"
                             % (name, type_name, where, type(a).__name__))
-        if a.dtype.name not in FLOAT_DTYPES:
+        if a.dtype.char not in FLOAT_CHARS:
             raise TypeError("%s must be float32 or float64 for the %s, got %s"
                             % (name, where, a.dtype))
         if dtype is None:

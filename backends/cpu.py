@@ -186,4 +186,3 @@ def sum_of_squares(x):
 def axpy(alpha, x, y):
     """numpy_kernels.axpy, fused when fused_kernels takes the arrays."""
     return _elementwise(y, x).axpy(alpha, x, y)
-
