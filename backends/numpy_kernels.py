@@ -2,12 +2,13 @@
 every other implementation is tested against, and the CPU fallback when
 the compiled extension is missing.
 
-Every function here is also a function of ``cpu`` and of ``cuda`` with the
-same name, arguments and results (``xdl.backends.OPERATIONS`` lists them;
-xdl/DESIGN.md, "One device interface", says how they fit together). Written
-against ``xp``, so they run on cupy arrays too: ``cuda`` uses the chunked
-im2col + GEMM loops below, and these formulas for the update rules on
-arrays its fused kernels do not take (float16, strided state).
+Each operation of ``xdl.backends.OPERATIONS`` is a function here and a
+function of ``cpu`` and of ``cuda``, with the same name, arguments and
+results (xdl/DESIGN.md, "One device interface", says how they fit together).
+Written against ``xp``, so they run on cupy arrays too: ``cuda`` uses the
+chunked im2col + GEMM loops below (``gemm_conv_forward``,
+``gemm_conv_backward``, ``chunks``), and these formulas for the update rules
+on arrays its fused kernels do not take (float16, strided state).
 
 Column layout, shared by every backend: ``cols`` has shape
 ``(C*KH*KW, N*OH*OW)``; row ``(c*KH + kh)*KW + kw`` (the order of

@@ -442,6 +442,11 @@ def test_non_contiguous_inputs(impl, dtype):
         np.testing.assert_array_equal(host(pooled), pooled_ref.astype(dtype))
         assert_close(impl.ops.maxpool_backward(DP, argmax, xd.shape, 2, 2, 2, 4, 3),
                      layers.max_pool_backward_naive(dp, pcache), dtype)
+        overlapping = {"pool_height": 2, "pool_width": 2, "stride": 1}
+        pooled_ref, _ = layers.max_pool_forward_naive(xh, overlapping)
+        pooled, argmax = impl.ops.maxpool_forward(xd, 2, 2, 1, 7, 5)
+        np.testing.assert_array_equal(host(pooled), pooled_ref.astype(dtype))
+        np.testing.assert_array_equal(host(argmax), window_argmax(xh.astype(dtype), 2, 2, 1))
         cols = impl.ops.im2col(xd, 3, 3, 1, 1, 8, 6)
         np.testing.assert_array_equal(host(cols), im2col_loops(xh, 3, 3, 1, 1).astype(dtype))
         assert_close(impl.ops.col2im(cols.T.copy().T, xd.shape, 3, 3, 1, 1, 8, 6),

@@ -147,6 +147,9 @@ def test_misspelled_config_key_names_the_keys_the_rule_takes():
     with pytest.raises(ValueError, match=r"'decay' .*did you mean 'decay_rate'"):
         optim.rmsprop(w, w, config)
     assert config == {"learning_rate": 1e-2, "decay": 0.9}  # nothing was changed
+    with pytest.raises(ValueError, match="'lr' is not used by the update rule adamw"):
+        optim.check_config("adamw", {"lr": 1e-3})     # what the Solver can check up front
+    optim.check_config("adam", {"learning_rate": 1e-3, "m": None, "t": 0})
 
 
 @pytest.mark.parametrize("rule", sorted(optim.UPDATE_RULES))

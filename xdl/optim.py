@@ -76,13 +76,15 @@ RULES = {
 }
 
 
-def _config(rule, w, dw, config):
-    """Check w, dw and the config's keys; return the config dict (a new one for None)."""
-    check_same_device(w=w, dw=dw)
-    if w.shape != dw.shape:
-        raise ValueError("dw has shape %s but w has shape %s" % (dw.shape, w.shape))
-    if config is None:
-        return {}
+def check_config(rule, config):
+    """
+    Check that every key of config is one the update rule named `rule` takes
+    (a hyperparameter or a state of RULES[rule]); the Solver can call it
+    before training starts.
+
+    Raises ValueError naming the key, the closest known key, and the keys
+    the rule takes; TypeError when config is not a dict.
+    """
     if not isinstance(config, dict):
         raise TypeError("config must be a dict or None, got %s" % type(config).__name__)
     known = RULES[rule].keys()
@@ -92,6 +94,16 @@ def _config(rule, w, dw, config):
             raise ValueError("config key %r is not used by the update rule %s%s; %s"
                              % (key, rule, " (did you mean %r?)" % close[0] if close else "",
                                 _describe(rule)))
+
+
+def _config(rule, w, dw, config):
+    """Check w, dw and the config's keys; return the config dict (a new one for None)."""
+    check_same_device(w=w, dw=dw)
+    if w.shape != dw.shape:
+        raise ValueError("dw has shape %s but w has shape %s" % (dw.shape, w.shape))
+    if config is None:
+        return {}
+    check_config(rule, config)
     return config
 
 
