@@ -127,3 +127,31 @@ def test_cupy_performance_warning_is_not_an_error(monkeypatch):
         with pytest.raises(RuntimeWarning, match="overflow"):
             warnings.warn("overflow", RuntimeWarning)
     assert [str(w.message) for w in seen] == ["slow path"]
+
+
+class _FakeCupyArray(np.ndarray):
+    """Stands in for a cupy array where no GPU is available."""
+
+
+def test_check_same_device_names_both_arguments(monkeypatch):
+    from xdl import _checks
+    monkeypatch.setattr(_checks, "is_cupy_array", lambda a: isinstance(a, _FakeCupyArray))
+    x, w = np.zeros((2, 3)), np.zeros((4, 5)).view(_FakeCupyArray)
+    _checks.check_same_device(x=x, w=np.zeros(4), b=None, scale=2.0)
+    _checks.check_same_device(w=w, b=w)
+    with pytest.raises(TypeError, match=r"mixed numpy and cupy arrays: x is a numpy array of "
+                                        r"shape \(2, 3\) and w a cupy array of shape \(4, 5\)"):
+        _checks.check_same_device(x=x, w=w)
+
+
+def test_check_same_device_with_cupy(gpu):
+    from xdl._checks import check_same_device
+    with pytest.raises(TypeError, match="dout is a numpy array.*x a cupy array"):
+        check_same_device(x=gpu.zeros(3), dout=np.zeros(3))
+
+
+def test_import_loads_no_compiled_extension():
+    r = run_python("import sys, xdl, xdl.layers, xdl.fast_layers, xdl.optim, xdl.solver, "
+                   "xdl.classifiers; print(any('_cpu_kernels' in m for m in sys.modules))")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

@@ -11,7 +11,7 @@ import numbers
 
 import numpy as np
 
-from xdl.backends import get_array_module
+from xdl.backends import get_array_module, is_cupy_array
 
 # Set by labels_checked(): the caller validated every label once, on the host.
 _labels_prechecked = contextvars.ContextVar("xdl_labels_prechecked", default=False)
@@ -30,6 +30,29 @@ def labels_checked():
         yield
     finally:
         _labels_prechecked.reset(token)
+
+
+def check_same_device(**arrays):
+    """
+    Arrays given by name must all live on one device: numpy and cupy arrays
+    never mix (nothing is copied across devices silently). Scalars and None
+    are ignored.
+
+    Raises TypeError naming a numpy and a cupy argument and their shapes.
+    """
+    on_cpu = on_gpu = None
+    for name, a in arrays.items():
+        if is_cupy_array(a):
+            on_gpu = on_gpu or name
+        elif isinstance(a, np.ndarray):
+            on_cpu = on_cpu or name
+        if on_cpu and on_gpu:
+            raise TypeError(
+                "mixed numpy and cupy arrays: %s is a numpy array of shape %s and %s a cupy "
+                "array of shape %s; move one side explicitly with xdl.asarray (to the "
+                "configured backend) or xdl.asnumpy (to the host)"
+                % (on_cpu, tuple(arrays[on_cpu].shape), on_gpu, tuple(arrays[on_gpu].shape)))
+
 
 def check_ndim(a, ndim, name, what=None):
     if not hasattr(a, "ndim") or a.ndim != ndim:

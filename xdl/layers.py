@@ -10,13 +10,14 @@ layers in ``xdl.fast_layers`` are tested against; they run on the host only.
 import numpy as np
 
 from xdl import _rng
-from xdl.backends import get_array_module, is_cupy_array
+from xdl.backends import get_array_module, is_cupy_array, kernels_for
 from xdl._checks import (
     check_float_array,
     check_labels,
     check_mode,
     check_ndim,
     check_param_shape,
+    check_same_device,
     conv_geometry,
     pool_geometry,
 )
@@ -27,11 +28,8 @@ from xdl._checks import (
 
 
 def _matmul(a, b):
-    """a @ b; large products of numpy arrays go through xdl.backends.cpu.matmul."""
-    if is_cupy_array(a):
-        return a @ b
-    from xdl.backends import cpu  # here: importing xdl.layers loads no extension
-    return cpu.matmul(a, b)
+    """a @ b on the arrays' device (on the CPU, large products run on the kernels' threads)."""
+    return kernels_for(a, b).matmul(a, b)
 
 
 def affine_forward(x, w, b):
@@ -51,7 +49,7 @@ def affine_forward(x, w, b):
     - out: output, of shape (N, M)
     - cache: (x, w, b)
     """
-    get_array_module(x, w, b)
+    check_same_device(x=x, w=w, b=b)
     check_ndim(w, 2, "w", "(D, M)")
     N = x.shape[0]
     D = int(np.prod(x.shape[1:]))
@@ -158,26 +156,18 @@ def softmax_loss(x, y):
     - loss: Scalar giving the loss
     - dx: Gradient of the loss with respect to x
     """
-    get_array_module(x, y)
+    check_same_device(x=x, y=y)
     _check_scores(x, y)
     return _softmax_loss(x, y)
 
 
 def _softmax_loss(x, y):
-    """softmax_loss without the input checks, for models that checked y on the host."""
-    if is_cupy_array(x):
-        # One fused kernel on the GPU instead of about fifteen launches.
-        from xdl.backends import cuda
-        return cuda.softmax_loss(x, y)
-    xp = get_array_module(x)
-    N = x.shape[0]
-    rows = xp.arange(N)
-    log_probs = log_softmax(x)
-    loss = -log_probs[rows, y].sum() / N
-    dx = xp.exp(log_probs)
-    dx[rows, y] -= 1
-    dx /= N
-    return loss, dx
+    """
+    softmax_loss without the label checks, for models that checked y on the
+    host: the device's softmax loss (one fused kernel on the GPU, the
+    log-softmax formula on the CPU).
+    """
+    return kernels_for(x, y).softmax_loss(x, y)
 
 
 def svm_loss(x, y):
@@ -472,7 +462,7 @@ def layernorm_forward(x, gamma, beta, ln_param):
     - out: of shape (N, D)
     - cache: A tuple of values needed in the backward pass
     """
-    get_array_module(x, gamma, beta)
+    check_same_device(x=x, gamma=gamma, beta=beta)
     check_ndim(x, 2, "x", "(N, D)")
     check_float_array(x, "x")
     D = x.shape[1]
@@ -572,7 +562,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     - out: Output data, of shape (N, C, H, W)
     - cache: Values needed for the backward pass
     """
-    get_array_module(x, gamma, beta)
+    check_same_device(x=x, gamma=gamma, beta=beta)
     check_ndim(x, 4, "x", "(N, C, H, W)")
     check_float_array(x, "x")
     N, C, H, W = x.shape

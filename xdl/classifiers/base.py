@@ -8,7 +8,7 @@ implements ``loss(X, y=None)``.
 import numpy as np
 
 from xdl import serialization
-from xdl.backends import asarray, asarray_like, get_array_module
+from xdl.backends import asarray, asarray_like, kernels_for
 from xdl._checks import check_labels, check_reg
 
 _MODEL_CLASSES = {}
@@ -32,22 +32,12 @@ def _sum_of_squares(w):
     Sum of the squares of w's elements, as a scalar of w's dtype (a 0-d
     array on the GPU), without a temporary the size of w.
     """
-    from xdl.backends import cpu
-    fused = cpu.fused_kernels(w)
-    if fused is not None:
-        return fused.sum_of_squares(w)  # multithreaded, float64 partial sums
-    flat = w.ravel()
-    return get_array_module(w).vdot(flat, flat)
+    return kernels_for(w).sum_of_squares(w)
 
 
 def _add_scaled(g, alpha, w):
-    """g += alpha * w, in place, without a temporary the size of w on the CPU."""
-    from xdl.backends import cpu
-    fused = cpu.fused_kernels(g, w)
-    if fused is not None:
-        fused.axpy(alpha, w, g)
-    else:
-        g += alpha * w
+    """g += alpha * w, in place, in one pass on the arrays' device."""
+    kernels_for(g, w).axpy(alpha, w, g)
 
 
 class Model:

@@ -3,12 +3,12 @@ import numpy as np
 
 from xdl.backends import get_array_module
 from xdl.layers import log_softmax
-from xdl._checks import check_float_array, check_labels, check_ndim, check_reg
+from xdl._checks import check_float_array, check_labels, check_ndim, check_reg, check_same_device
 
 
 def check_linear_inputs(W, X, y, reg):
     """Shared checks of the linear classifiers' losses. Returns (N, C, reg)."""
-    get_array_module(W, X, y)
+    check_same_device(W=W, X=X, y=y)
     check_ndim(W, 2, "W", "(D, C)")
     check_ndim(X, 2, "X", "(N, D)")
     check_float_array(W, "W")
