@@ -15,7 +15,7 @@
 #               a temp dir; without them the training runs on --synthetic data
 #   train-cnn   examples/train_cnn.py for one epoch on the GPU
 #   benchmark   examples/benchmark.py --device cuda --dtype float32
-#   tests-gpu   tests/test_cuda_kernels.py and tests/test_cross_backend.py
+#   tests-gpu   tests/test_kernel_contract.py, test_cuda_kernels.py, test_cross_backend.py
 #   tests-rest  the rest of the suite
 #               (both with XDL_BACKEND=cuda XDL_TEST_REQUIRE_GPU=1 CUPY_TF32=0
 #               NVIDIA_TF32_OVERRIDE=0: a GPU test that skips is a failure)
@@ -124,9 +124,10 @@ run_section train-cnn 70 "$py" examples/train_cnn.py --epochs 1 "${data_flag[@]}
     --out-dir "$(mktemp -d)"
 run_section benchmark 75 "$py" examples/benchmark.py --device cuda --dtype float32
 run_section tests-gpu 100 "$py" -m pytest "${pytest_args[@]}" \
-    tests/test_cuda_kernels.py tests/test_cross_backend.py
+    tests/test_kernel_contract.py tests/test_cuda_kernels.py tests/test_cross_backend.py
 run_section tests-rest 100 "$py" -m pytest "${pytest_args[@]}" tests \
-    --ignore=tests/test_cuda_kernels.py --ignore=tests/test_cross_backend.py
+    --ignore=tests/test_kernel_contract.py --ignore=tests/test_cuda_kernels.py \
+    --ignore=tests/test_cross_backend.py
 
 echo
 echo "===================== summary ($(($(date +%s) - t_start))s; logs in $out)"

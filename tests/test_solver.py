@@ -220,6 +220,11 @@ def test_bad_arguments(backend):
         Solver(make_model(), bad)
     with pytest.raises(TypeError, match="unexpected keyword argument 'epochs'"):
         Solver(make_model(), data, epochs=3)
+    with pytest.raises(ValueError, match=r"config key 'lr' is not used by the update rule adam; "
+                                         r"adam takes the hyperparameters learning_rate"):
+        Solver(make_model(), data, update_rule="adam", optim_config={"lr": 1e-3})
+    with pytest.raises(TypeError, match="optim_config must be a dict or None, got float"):
+        Solver(make_model(), data, optim_config=1e-3)
 
 
 def test_labels_are_checked_once_when_the_solver_is_built(backend, monkeypatch):

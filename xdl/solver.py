@@ -157,7 +157,13 @@ class Solver:
         self.update_rule_name = update_rule if isinstance(update_rule, str) else \
             getattr(update_rule, "__name__", repr(update_rule))
         self.update_rule = optim.get_update_rule(update_rule)
+        if optim_config is not None and not isinstance(optim_config, dict):
+            raise TypeError("optim_config must be a dict or None, got %s"
+                            % type(optim_config).__name__)
         self.optim_config = dict(optim_config or {})
+        rule_name = next((k for k, f in optim.UPDATE_RULES.items() if f is self.update_rule), None)
+        if rule_name in optim.RULES:  # a misspelled key fails here, not at the first step
+            optim.check_config(rule_name, self.optim_config)
         if not (isinstance(lr_decay, numbers.Real) and lr_decay > 0):
             raise ValueError("lr_decay must be a number > 0, got %r" % (lr_decay,))
         self.lr_decay = float(lr_decay)
