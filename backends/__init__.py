@@ -248,3 +248,34 @@ def kernels_for(*arrays):
         return cpu
     from xdl.backends import cuda
     return cuda
+
+
+def set_num_threads(n):
+    """
+    Set how many threads the compiled CPU kernels use (default: the CPUs this
+    process may use). A process that shares the cores with others, such as
+    one of several sweep workers, sets its share. Without the compiled
+    kernels the value is only recorded (NumPy's BLAS reads
+    OPENBLAS_NUM_THREADS instead).
+
+    Inputs:
+    - n: integer >= 1
+    """
+    global _fallback_threads
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError("set_num_threads needs an integer n >= 1, got %r" % (n,))
+    from xdl.backends import cpu
+    if cpu.compiled is not None:
+        cpu.compiled.set_num_threads(int(n))
+    _fallback_threads = int(n)
+
+
+def get_num_threads():
+    """Return how many threads the compiled CPU kernels use."""
+    from xdl.backends import cpu
+    if cpu.compiled is not None:
+        return cpu.compiled.get_num_threads()
+    return _fallback_threads or os.cpu_count() or 1
+
+
+_fallback_threads = None
