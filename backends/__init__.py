@@ -211,6 +211,7 @@ def asarray_like(a, like, dtype=None):
 OPERATIONS = (
     "im2col", "col2im", "conv_forward", "conv_backward",
     "maxpool_forward", "maxpool_backward",
+    "conv_relu_pool_forward", "conv_relu_pool_backward",
     "matmul", "softmax_loss",
     "sgd", "sgd_momentum", "rmsprop", "adam",
     "sum_of_squares", "axpy",
