@@ -20,20 +20,16 @@
 from xdl.backends import numpy_kernels
 
 
-cdef inline Py_ssize_t _aligned(Py_ssize_t n) noexcept nogil:
-    # n elements rounded up to a multiple of 16 (64 bytes in float32).
-    return (n + 15) & ~(<Py_ssize_t>15)
-
-
 cdef void _relu_pooled(floating* out, int* am, Py_ssize_t n) noexcept nogil:
     # ReLU of pooled values, and no gradient where it is not > 0. A NaN
-    # stays NaN (as np.maximum leaves it), with no gradient.
+    # stays NaN (as np.maximum leaves it), with no gradient. Selects, not
+    # branches: the sign of a pooled value is a coin toss.
     cdef Py_ssize_t i
+    cdef floating v
     for i in range(n):
-        if not out[i] > 0:
-            am[i] = -1
-            if out[i] <= 0:
-                out[i] = 0
+        v = out[i]
+        am[i] = am[i] if v > 0 else -1
+        out[i] = 0 if v <= 0 else v
 
 
 cdef struct ConvReluPoolForwardJob:
@@ -44,7 +40,7 @@ cdef struct ConvReluPoolForwardJob:
     const void* b           # (F,)
     void* out               # (N, F, POH, POW)
     void* argmax            # (N, F, POH, POW) int32
-    void* workspace         # per_thread elements per thread: the map (F, P), then cols (K, P)
+    void* workspace         # per thread: the map (F, P), then _image_scratch(s)
     Py_ssize_t per_thread
     Py_ssize_t cols_at      # offset of cols in a thread's workspace
 
@@ -90,7 +86,7 @@ cdef struct ConvReluPoolBackwardJob:
     void* dx                # (N, C, H, W), or NULL: no input gradient
     void* dw_parts          # (images of the group, F*K): each image's dw
     void* db_parts          # (images of the group, F): each image's db
-    void* workspace         # per_thread elements per thread: the map's gradient (F, P), then cols
+    void* workspace         # per thread: the map's gradient (F, P), then _image_scratch(s)
     Py_ssize_t per_thread
     Py_ssize_t cols_at
     Py_ssize_t n0           # the group's first image: unit u is image n0 + u
@@ -163,7 +159,7 @@ def conv_relu_pool_forward(x, w, b, int stride, int pad, int OH, int OW,
     argmax = np.empty((s.N, s.F, POH, POW), dtype=np.int32)
     cdef int threads = _cpu_team.threads_for(s.N)
     work.job.cols_at = _aligned(<Py_ssize_t>s.F * s.P)
-    work.job.per_thread = _aligned(work.job.cols_at + <Py_ssize_t>s.K * s.P)
+    work.job.per_thread = work.job.cols_at + _image_scratch(s)
     workspace = _cpu_team.take_workspace(threads * work.job.per_thread, dtype)
     work.job.x, work.job.w, work.job.b = _address(x, False), _address(w, False), _address(b, False)
     work.job.out, work.job.argmax = _address(out, True), _address(argmax, True)
@@ -205,7 +201,7 @@ def conv_relu_pool_backward(dout, argmax, x, w, int stride, int pad, int OH, int
     work.job.s = s
     work.job.q = _pool_shape((s.N, s.F, OH, OW), ph, pw, pool_stride, POH, POW)
     work.job.cols_at = _aligned(<Py_ssize_t>s.F * s.P)
-    work.job.per_thread = _aligned(work.job.cols_at + <Py_ssize_t>s.K * s.P)
+    work.job.per_thread = work.job.cols_at + _image_scratch(s)
     workspace = _cpu_team.take_workspace(threads * work.job.per_thread, dtype)
     parts = _cpu_team.take_workspace(group * s.F * (s.K + 1), dtype)
     dw_parts = parts[:group * s.F * s.K].reshape(group, s.F * s.K)
