@@ -65,8 +65,8 @@ def _cases():
 
 
 CASES = _cases()
-IDS = ["x%s-w%s-s%d-p%d-pool%dx%ds%d" % (("x".join(map(str, xs)), "x".join(map(str, ws)), s, p)
-                                          + pool)
+IDS = ["x%s-w%s-s%d-p%d-pool%dx%ds%d"
+       % (("x".join(map(str, xs)), "x".join(map(str, ws)), s, p) + pool)
        for xs, ws, s, p, pool in CASES]
 
 
