@@ -53,7 +53,9 @@ def _dw_tiles(int F, int K, int P):
     """
     Tile (wk rows, wf filters, wp pixels) of dw^T = cols @ dout^T, with
     wk*wf*wp <= GEMM_TILE_LIMIT: long sums over the pixels (each call reads
-    and writes its block of dw once), then all filters, then rows.
+    and writes its block of dw once), then all filters, then rows, in
+    multiples of 8 (15 rows of the 7x7x3 filters ran 7-9% slower than 8 or
+    12 here, float32 and float64).
     """
     limit = GEMM_TILE_LIMIT
     if F <= 0 or K <= 0 or P <= 0:
@@ -61,6 +63,8 @@ def _dw_tiles(int F, int K, int P):
     wp = max(1, min(P, limit // 64))
     wf = max(1, min(F, limit // (wp * 8)))
     wk = max(1, min(K, limit // (wp * wf)))
+    if 8 < wk < K:
+        wk -= wk % 8
     return wk, wf, wp
 
 
