@@ -32,12 +32,14 @@ def _matmul_tiles(int M, int N, int K, bint transposed=False):
 def _tile_grain(int tiles, int threads):
     """
     Tiles per item of work: runs of neighbouring tiles, at least 8 items
-    per thread. Threads that took neighbouring tiles at the same time wrote
-    the same cache lines where tiles meet (a tile of dx = dout @ w.T is 16
-    columns, 64 bytes, of each row): that cost dx a third of its two-thread
-    speed here.
+    per thread (one run on one thread). Threads that took neighbouring
+    tiles at the same time wrote the same cache lines where tiles meet (a
+    tile of dx = dout @ w.T is 16 columns, 64 bytes, of each row): that cost
+    dx a third of its two-thread speed here.
     """
-    return max(1, tiles // (8 * max(1, threads)))
+    if threads <= 1:
+        return max(1, tiles)
+    return max(1, tiles // (8 * threads))
 
 
 cdef struct MatmulJob:

@@ -34,8 +34,9 @@ def test_tile_grain_keeps_every_thread_busy():
     kern = compiled()
     assert kern._tile_grain(7, 2) == 1          # few tiles: one at a time
     assert kern._tile_grain(512, 2) == 32       # 16 runs: 8 per thread
+    assert kern._tile_grain(7, 1) == 7          # one thread: one run
     for tiles in (1, 15, 16, 17, 100, 684, 5000):
-        for threads in (1, 2, 3, 8):
+        for threads in (2, 3, 8):
             grain = kern._tile_grain(tiles, threads)
             assert grain >= 1
             assert grain == 1 or -(-tiles // grain) >= 8 * threads
