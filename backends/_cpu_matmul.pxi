@@ -34,8 +34,9 @@ def _tile_grain(int tiles, int threads):
     Tiles per item of work: runs of neighbouring tiles, at least 8 items
     per thread (one run on one thread). Threads that took neighbouring
     tiles at the same time wrote the same cache lines where tiles meet (a
-    tile of dx = dout @ w.T is 16 columns, 64 bytes, of each row): that cost
-    dx a third of its two-thread speed here.
+    tile of dx = dout @ w.T is 16 columns, 64 bytes, of each row, and
+    numpy's large arrays start 16 bytes off a line): runs made the 8192x500
+    products of the affine layer 2-6% faster on two threads here.
     """
     if threads <= 1:
         return max(1, tiles)
