@@ -230,6 +230,7 @@ def asarray_like(a, like, dtype=None):
 OPERATIONS = (
     "im2col", "col2im", "conv_forward", "conv_backward",
     "maxpool_forward", "maxpool_backward",
+    "conv_relu_pool_forward", "conv_relu_pool_backward",
     "matmul", "softmax_loss",
     "sgd", "sgd_momentum", "rmsprop", "adam", "adamw",
     "sum_of_squares", "axpy",

@@ -99,6 +99,19 @@ def check_pool_backward(dout, argmax, x_shape, ph, pw, stride, OH, OW):
                          % (expected, tuple(x_shape), _shape(dout), _shape(argmax)))
 
 
+def check_conv_relu_pool_forward(x, w, b, stride, pad, OH, OW, ph, pw, pool_stride, POH, POW):
+    """The convolution's arguments, then the pooling of its (N, F, OH, OW) output."""
+    check_conv_forward(x, w, b, stride, pad, OH, OW)
+    check_windows((x.shape[0], w.shape[0], OH, OW), ph, pw, pool_stride, 0, POH, POW)
+
+
+def check_conv_relu_pool_backward(dout, argmax, x, w, stride, pad, OH, OW,
+                                  ph, pw, pool_stride, POH, POW):
+    check_conv(x, w, stride, pad, OH, OW)
+    check_pool_backward(dout, argmax, (x.shape[0], w.shape[0], OH, OW), ph, pw, pool_stride,
+                        POH, POW)
+
+
 def check_same_shape(*named):
     """(name, array) pairs of an elementwise kernel must share the first one's shape."""
     first, ref = named[0]

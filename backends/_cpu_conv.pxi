@@ -4,6 +4,8 @@
 # with BLAS, in tiles that keep OpenBLAS on the calling thread
 # (xdl/DESIGN.md, "The CPU kernels").
 
+from libc.string cimport memcpy
+
 # Per-image gradient partials (dw, db) are kept for at most this many
 # elements at a time before they are reduced into dw.
 PARTIAL_ELEMENTS = 1 << 21
@@ -51,7 +53,9 @@ def _dw_tiles(int F, int K, int P):
     """
     Tile (wk rows, wf filters, wp pixels) of dw^T = cols @ dout^T, with
     wk*wf*wp <= GEMM_TILE_LIMIT: long sums over the pixels (each call reads
-    and writes its block of dw once), then all filters, then rows.
+    and writes its block of dw once), then all filters, then rows, in
+    multiples of 8 (15 rows of the 7x7x3 filters ran 7-9% slower than 8 or
+    12 here, float32 and float64).
     """
     limit = GEMM_TILE_LIMIT
     if F <= 0 or K <= 0 or P <= 0:
@@ -59,6 +63,8 @@ def _dw_tiles(int F, int K, int P):
     wp = max(1, min(P, limit // 64))
     wf = max(1, min(F, limit // (wp * 8)))
     wk = max(1, min(K, limit // (wp * wf)))
+    if 8 < wk < K:
+        wk -= wk % 8
     return wk, wf, wp
 
 
@@ -86,42 +92,64 @@ cdef inline void _valid_range(int size, int k, int stride, int pad, int out,
     hi[0] = b
 
 
-cdef void _im2col_image(const floating* x, floating* cols, Py_ssize_t ld,
+cdef inline Py_ssize_t _aligned(Py_ssize_t n) noexcept nogil:
+    # n elements rounded up to a multiple of 16 (64 bytes in float32).
+    return (n + 15) & ~(<Py_ssize_t>15)
+
+
+cdef inline Py_ssize_t _padded_size(ConvShape s) noexcept nogil:
+    # Elements of one zero-padded image (C, H + 2*pad, W + 2*pad); none without padding.
+    if s.pad == 0:
+        return 0
+    return _aligned(<Py_ssize_t>s.C * (s.H + 2 * s.pad) * (s.W + 2 * s.pad))
+
+
+cdef inline Py_ssize_t _image_scratch(ConvShape s) noexcept nogil:
+    # A thread's scratch for one image: its columns (K, P), then its padded copy.
+    return _aligned(<Py_ssize_t>s.K * s.P) + _padded_size(s)
+
+
+cdef void _pad_image(const floating* x, floating* xpad, ConvShape s) noexcept nogil:
+    # xpad (C, H + 2*pad, W + 2*pad) = x with zero borders.
+    cdef Py_ssize_t Hp = s.H + 2 * s.pad, Wp = s.W + 2 * s.pad
+    cdef Py_ssize_t c, h
+    memset(xpad, 0, <size_t>(s.C * Hp * Wp) * sizeof(floating))
+    for c in range(s.C):
+        for h in range(s.H):
+            memcpy(xpad + (c * Hp + h + s.pad) * Wp + s.pad, x + (c * s.H + h) * s.W,
+                   <size_t>s.W * sizeof(floating))
+
+
+cdef void _im2col_image(const floating* x, floating* xpad, floating* cols, Py_ssize_t ld,
                         ConvShape s) noexcept nogil:
     # One image x (C, H, W) -> cols[row, oh*OW + ow], row = (c*KH + kh)*KW + kw,
-    # rows ld elements apart. Zero padding is written, never read.
-    cdef Py_ssize_t c, kh, kw, oh, j, ih, iw0
-    cdef Py_ssize_t lo = 0, hi = 0
+    # rows ld elements apart. With padding, x is first copied into xpad
+    # (_padded_size(s) elements) with zero borders, so that every row of
+    # cols is OH plain copies of OW elements, without bounds (measured here:
+    # 16 us against 31 us with bounds per row, 3x32x32 image, 7x7 window).
+    cdef Py_ssize_t Hp = s.H + 2 * s.pad, Wp = s.W + 2 * s.pad
+    cdef Py_ssize_t c, kh, kw, oh, j
     cdef int OW = s.OW, stride = s.stride
     cdef floating* dst
     cdef floating* d
     cdef const floating* src
+    cdef const floating* r
+    if s.pad > 0:
+        _pad_image(x, xpad, s)
+        x = xpad
     for c in range(s.C):
         for kh in range(s.KH):
             for kw in range(s.KW):
                 dst = cols + ((c * s.KH + kh) * s.KW + kw) * ld
-                _valid_range(s.W, kw, stride, s.pad, OW, &lo, &hi)
-                iw0 = lo * stride - s.pad + kw
+                src = x + (c * Hp + kh) * Wp + kw
                 for oh in range(s.OH):
                     d = dst + oh * OW
-                    ih = oh * stride - s.pad + kh
-                    # Plain loops, not memcpy/memset: rows are short (OW
-                    # elements), where a libc call costs more than the copy.
-                    if ih < 0 or ih >= s.H or hi == lo:
-                        for j in range(OW):
-                            d[j] = 0
-                        continue
-                    for j in range(lo):
-                        d[j] = 0
-                    src = x + (c * s.H + ih) * s.W + iw0
+                    r = src + oh * stride * Wp
                     if stride == 1:
-                        for j in range(hi - lo):
-                            d[lo + j] = src[j]
+                        memcpy(d, r, <size_t>OW * sizeof(floating))
                     else:
-                        for j in range(hi - lo):
-                            d[lo + j] = src[j * stride]
-                    for j in range(hi, OW):
-                        d[j] = 0
+                        for j in range(OW):
+                            d[j] = r[j * stride]
 
 
 cdef void _col2im_image(const floating* cols, Py_ssize_t ld, floating* dx,
@@ -165,7 +193,7 @@ cdef void _conv_forward_image(const floating* x, const floating* w, const floati
     cdef int fn, pn
     cdef floating bias
     cdef floating* o
-    _im2col_image(x, cols, s.P, s)
+    _im2col_image(x, cols + _aligned(<Py_ssize_t>s.K * s.P), cols, s.P, s)
     f0 = 0
     while f0 < s.F:
         fn = min(s.fb, s.F - f0)
@@ -184,6 +212,30 @@ cdef void _conv_forward_image(const floating* x, const floating* w, const floati
         f0 += fn
 
 
+cdef floating _sum(const floating* d, Py_ssize_t n) noexcept nogil:
+    # Sum of n elements in 16 interleaved partial sums, added pairwise at the
+    # end: a fixed order (deterministic) that the compiler vectorizes. One
+    # running sum waits on every add: the 32 row sums of a 32x32 image's
+    # gradient cost about 30 us of its 140 us backward pass here.
+    cdef floating part[16]
+    cdef Py_ssize_t i, l, width
+    for l in range(16):
+        part[l] = 0
+    i = 0
+    while i + 16 <= n:
+        for l in range(16):
+            part[l] = part[l] + d[i + l]
+        i += 16
+    for l in range(n - i):
+        part[l] = part[l] + d[i + l]
+    width = 8
+    while width >= 1:
+        for l in range(width):
+            part[l] = part[l] + part[l + width]
+        width //= 2
+    return part[0]
+
+
 cdef void _conv_backward_image(const floating* x, const floating* w, const floating* dout,
                                floating* dx, floating* dw, floating* db, floating* cols,
                                ConvShape s) noexcept nogil:
@@ -191,9 +243,7 @@ cdef void _conv_backward_image(const floating* x, const floating* w, const float
     # dcols (K, P) = w^T @ dout, folded back into dx (C, H, W) unless dx is NULL.
     cdef Py_ssize_t f0, p0, k0, f, p
     cdef int fn, pn, kn
-    cdef floating acc
-    cdef const floating* d
-    _im2col_image(x, cols, s.P, s)
+    _im2col_image(x, cols + _aligned(<Py_ssize_t>s.K * s.P), cols, s.P, s)
     k0 = 0
     while k0 < s.K:
         kn = min(s.wk, s.K - k0)
@@ -211,11 +261,7 @@ cdef void _conv_backward_image(const floating* x, const floating* w, const float
             f0 += fn
         k0 += kn
     for f in range(s.F):
-        d = dout + f * s.P
-        acc = 0
-        for p in range(s.P):
-            acc = acc + d[p]
-        db[f] = acc
+        db[f] = _sum(dout + f * s.P, s.P)
     if dx == NULL:
         return
     # cols is no longer needed: it receives the column gradient.
@@ -239,15 +285,17 @@ cdef struct Im2colJob:
     ConvShape s
     const void* x       # (N, C, H, W)
     void* cols          # (K, N*P)
+    void* workspace     # _padded_size(s) elements per thread: a padded image
 
 
-cdef void _im2col_run(Items* items, const Im2colJob* j, floating* cols) noexcept nogil:
+cdef void _im2col_run(Items* items, const Im2colJob* j, int tid, floating* cols) noexcept nogil:
     cdef const floating* x = <const floating*>j.x
+    cdef floating* xpad = <floating*>j.workspace + tid * _padded_size(j.s)
     cdef Py_ssize_t image = <Py_ssize_t>j.s.C * j.s.H * j.s.W
     cdef Py_ssize_t lo = 0, hi = 0, n
     while _take(items, &lo, &hi):
         for n in range(lo, hi):
-            _im2col_image(x + n * image, cols + n * j.s.P, <Py_ssize_t>j.s.N * j.s.P, j.s)
+            _im2col_image(x + n * image, xpad, cols + n * j.s.P, <Py_ssize_t>j.s.N * j.s.P, j.s)
 
 
 cdef class _Im2colWork(_Work):
@@ -256,9 +304,9 @@ cdef class _Im2colWork(_Work):
     def run(self, int tid):
         with nogil:
             if self.is_double:
-                _im2col_run(&self.items, &self.job, <double*>self.job.cols)
+                _im2col_run(&self.items, &self.job, tid, <double*>self.job.cols)
             else:
-                _im2col_run(&self.items, &self.job, <float*>self.job.cols)
+                _im2col_run(&self.items, &self.job, tid, <float*>self.job.cols)
 
 
 cdef struct Col2imJob:
@@ -303,9 +351,13 @@ def im2col(x, int KH, int KW, int stride, int pad, int OH, int OW):
     work.job.s = _conv_shape(x.shape, 0, KH, KW, stride, pad, OH, OW)
     cols = np.empty((work.job.s.K, work.job.s.N * work.job.s.P), dtype=x.dtype)
     if cols.size:
+        threads = _cpu_team.threads_for(work.job.s.N)
+        workspace = _cpu_team.take_workspace(max(1, threads * _padded_size(work.job.s)), x.dtype)
         work.job.x = _address(x, False)
         work.job.cols = _address(cols, True)
-        _start(work, work.job.s.N, 1, x.dtype, (x, cols))
+        work.job.workspace = _address(workspace, True)
+        _start(work, work.job.s.N, 1, x.dtype, (x, cols, workspace), threads)
+        _cpu_team.give_back(workspace)
     return cols
 
 
@@ -340,7 +392,7 @@ cdef struct ConvForwardJob:
     const void* w           # (F, K)
     const void* b           # (F,)
     void* out               # (N, F, P)
-    void* workspace         # per_thread elements per thread: an image's columns (K, P)
+    void* workspace         # per_thread elements per thread: _image_scratch(s)
     Py_ssize_t per_thread
 
 
@@ -375,7 +427,7 @@ cdef struct ConvBackwardJob:
     void* dx                # (N, C, H, W), or NULL: no input gradient
     void* dw_parts          # (images of the group, F*K): each image's dw
     void* db_parts          # (images of the group, F): each image's db
-    void* workspace         # per_thread elements per thread: an image's columns
+    void* workspace         # per_thread elements per thread: _image_scratch(s)
     Py_ssize_t per_thread
     Py_ssize_t n0           # the group's first image: unit u is image n0 + u
 
@@ -433,7 +485,7 @@ def conv_forward(x, w, b, int stride, int pad, int OH, int OW):
         return out
     cdef int threads = _cpu_team.threads_for(s.N)
     work.job.s = s
-    work.job.per_thread = <Py_ssize_t>s.K * s.P
+    work.job.per_thread = _image_scratch(s)
     workspace = _cpu_team.take_workspace(threads * work.job.per_thread, dtype)
     work.job.x, work.job.w, work.job.b = _address(x, False), _address(w, False), _address(b, False)
     work.job.out = _address(out, True)
@@ -468,7 +520,7 @@ def conv_backward(dout, x, w, int stride, int pad, int OH, int OW, compute_dx=Tr
     cdef int threads = _cpu_team.threads_for(s.N)
     # Images per group: the per-image partials of a group stay small.
     cdef Py_ssize_t group = max(threads, min(s.N, PARTIAL_ELEMENTS // (s.F * (s.K + 1))))
-    cdef Py_ssize_t per_thread = <Py_ssize_t>s.K * s.P
+    cdef Py_ssize_t per_thread = _image_scratch(s)
     cdef Py_ssize_t n0, n1
     cdef _ConvBackwardWork work
     workspace = _cpu_team.take_workspace(threads * per_thread, dtype)

@@ -14,6 +14,8 @@ sharing this module's namespace:
 - ``_cpu_elementwise.pxi``: sgd, sgd_momentum, rmsprop, adam, adamw,
   sum_of_squares, axpy;
 - ``_cpu_matmul.pxi``: matmul.
+- ``_cpu_conv_relu_pool.pxi``: conv_relu_pool_forward, conv_relu_pool_backward
+  (convolution, bias, ReLU and max pooling fused per image).
 
 The thread team and the workspace cache are plain Python (``_cpu_team``).
 Every output element is written by one thread in a fixed order, so results
@@ -28,5 +30,6 @@ from xdl.backends._cpu_team import clear_workspace, get_num_threads, set_num_thr
 include "_cpu_common.pxi"
 include "_cpu_conv.pxi"
 include "_cpu_pool.pxi"
+include "_cpu_conv_relu_pool.pxi"
 include "_cpu_elementwise.pxi"
 include "_cpu_matmul.pxi"

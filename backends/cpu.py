@@ -5,9 +5,10 @@ Each operation picks, per call, the compiled Cython kernels
 formulas (``numpy_kernels``) otherwise; both give the same results to
 rounding (xdl/DESIGN.md, "One device interface"):
 
-- im2col, col2im, convolution and max pooling: compiled whenever the
-  extension is built (it copies strided inputs); without it, the NumPy
-  kernels, announced by one ``SlowFallbackWarning``.
+- im2col, col2im, convolution, max pooling and the fused convolution +
+  ReLU + max pooling: compiled whenever the extension is built (it copies
+  strided inputs); without it, the NumPy kernels, announced by one
+  ``SlowFallbackWarning``.
 - update rules, sum_of_squares, axpy: compiled for C-contiguous
   float32/float64 numpy arrays of one dtype (``fused_kernels``), the
   formulas otherwise (other float types, strided arrays, subclasses).
@@ -117,6 +118,20 @@ def maxpool_forward(x, ph, pw, stride, OH, OW):
 def maxpool_backward(dout, argmax, x_shape, ph, pw, stride, OH, OW):
     """numpy_kernels.maxpool_backward, compiled when the extension is built."""
     return kernels().maxpool_backward(dout, argmax, x_shape, ph, pw, stride, OH, OW)
+
+
+def conv_relu_pool_forward(x, w, b, stride, pad, OH, OW, ph, pw, pool_stride, POH, POW):
+    """numpy_kernels.conv_relu_pool_forward, fused per image when the extension is built."""
+    return kernels().conv_relu_pool_forward(x, w, b, stride, pad, OH, OW,
+                                            ph, pw, pool_stride, POH, POW)
+
+
+def conv_relu_pool_backward(dout, argmax, x, w, stride, pad, OH, OW, ph, pw, pool_stride,
+                            POH, POW, compute_dx=True):
+    """numpy_kernels.conv_relu_pool_backward, fused per image when the extension is built."""
+    return kernels().conv_relu_pool_backward(dout, argmax, x, w, stride, pad, OH, OW,
+                                             ph, pw, pool_stride, POH, POW,
+                                             compute_dx=compute_dx)
 
 
 # ------------------------------------------------------ affine and loss

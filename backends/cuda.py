@@ -323,6 +323,56 @@ def maxpool_backward(dout, argmax, x_shape, ph, pw, stride, OH, OW):
 
 
 # ---------------------------------------------------------------------------
+# Convolution + ReLU + max pooling: composed of the kernels above (the CPU
+# fuses them per image; on the GPU each is already one pass).
+# ---------------------------------------------------------------------------
+
+
+def conv_relu_pool_forward(x, w, b, stride, pad, OH, OW, ph, pw, pool_stride, POH, POW):
+    """
+    conv_forward, maxpool_forward, then the ReLU of the pooled values
+    (numpy_kernels.relu_of_pooled).
+
+    Inputs:
+    - x: (N, C, H, W), w: (F, C, KH, KW), b: (F,), cupy arrays of one dtype
+    - stride, pad; OH, OW: the convolution's output size
+    - ph, pw: pooling window; pool_stride; POH, POW: the pooled size
+
+    Returns a tuple of:
+    - out: (N, F, POH, POW)
+    - argmax: (N, F, POH, POW) int32, the window index of the first maximum
+      where out > 0, -1 where the ReLU passes no gradient
+    """
+    _float_dtype(("x", x), ("w", w), ("b", b))
+    _boundary.check_conv_relu_pool_forward(x, w, b, stride, pad, OH, OW,
+                                           ph, pw, pool_stride, POH, POW)
+    out, argmax = maxpool_forward(conv_forward(x, w, b, stride, pad, OH, OW),
+                                  ph, pw, pool_stride, POH, POW)
+    return numpy_kernels.relu_of_pooled(out, argmax)
+
+
+def conv_relu_pool_backward(dout, argmax, x, w, stride, pad, OH, OW, ph, pw, pool_stride,
+                            POH, POW, compute_dx=True):
+    """
+    maxpool_backward through the argmax (it carries the ReLU), then
+    conv_backward.
+
+    Inputs:
+    - dout: (N, F, POH, POW); argmax: from conv_relu_pool_forward; x, w and
+      the geometry: as conv_relu_pool_forward
+    - compute_dx: False skips dx (returned as None)
+
+    Returns a tuple of (dx, dw, db).
+    """
+    _float_dtype(("dout", dout), ("x", x), ("w", w))
+    _boundary.check_conv_relu_pool_backward(dout, argmax, x, w, stride, pad, OH, OW,
+                                            ph, pw, pool_stride, POH, POW)
+    dconv = maxpool_backward(dout, argmax, (x.shape[0], w.shape[0], OH, OW),
+                             ph, pw, pool_stride, POH, POW)
+    return conv_backward(dconv, x, w, stride, pad, OH, OW, compute_dx=compute_dx)
+
+
+# ---------------------------------------------------------------------------
 # Affine and softmax loss
 # ---------------------------------------------------------------------------
 

@@ -262,6 +262,70 @@ def maxpool_backward(dout, argmax, x_shape, ph, pw, stride, OH, OW):
     return dx
 
 
+# ------------------------------------- convolution + ReLU + max pooling
+
+def relu_of_pooled(out, argmax):
+    """
+    The ReLU of max-pooled values, in place. ReLU and max commute
+    (relu(maxpool(a)) == maxpool(relu(a)), the same first maximum getting
+    the gradient), so the ReLU can run on the pooled values; where one is not
+    > 0 it passes no gradient, recorded as argmax -1, which every
+    maxpool_backward skips. NaN stays NaN (as np.maximum leaves it).
+
+    Inputs:
+    - out, argmax: from maxpool_forward
+
+    Returns a tuple of (out, argmax), the arrays given.
+    """
+    argmax[~(out > 0)] = -1
+    out[out <= 0] = 0
+    return out, argmax
+
+
+def conv_relu_pool_forward(x, w, b, stride, pad, OH, OW, ph, pw, pool_stride, POH, POW):
+    """
+    Max pooling of relu(conv(x, w) + b): conv_forward, maxpool_forward, then
+    relu_of_pooled.
+
+    Inputs:
+    - x: (N, C, H, W); w: (F, C, KH, KW); b: (F,); one float32/float64 dtype
+    - stride, pad; OH, OW: the convolution's output size
+    - ph, pw: pooling window; pool_stride; POH, POW: the pooled size
+
+    Returns a tuple of:
+    - out: (N, F, POH, POW)
+    - argmax: (N, F, POH, POW) int32, index kh*pw + kw of the first maximum
+      of each window where out > 0, -1 where the ReLU passes no gradient
+    """
+    _boundary.float_dtype((("x", x), ("w", w), ("b", b)), WHERE)
+    _boundary.check_conv_relu_pool_forward(x, w, b, stride, pad, OH, OW,
+                                           ph, pw, pool_stride, POH, POW)
+    out, argmax = maxpool_forward(conv_forward(x, w, b, stride, pad, OH, OW),
+                                  ph, pw, pool_stride, POH, POW)
+    return relu_of_pooled(out, argmax)
+
+
+def conv_relu_pool_backward(dout, argmax, x, w, stride, pad, OH, OW, ph, pw, pool_stride,
+                            POH, POW, compute_dx=True):
+    """
+    Gradients of conv_relu_pool_forward: maxpool_backward through the argmax
+    (which already carries the ReLU), then conv_backward.
+
+    Inputs:
+    - dout: (N, F, POH, POW); argmax: from conv_relu_pool_forward; x, w and
+      the geometry: as conv_relu_pool_forward
+    - compute_dx: False skips dx (returned as None)
+
+    Returns a tuple of (dx, dw, db).
+    """
+    _boundary.float_dtype((("dout", dout), ("x", x), ("w", w)), WHERE)
+    _boundary.check_conv_relu_pool_backward(dout, argmax, x, w, stride, pad, OH, OW,
+                                            ph, pw, pool_stride, POH, POW)
+    dconv = maxpool_backward(dout, argmax, (x.shape[0], w.shape[0], OH, OW),
+                             ph, pw, pool_stride, POH, POW)
+    return conv_backward(dconv, x, w, stride, pad, OH, OW, compute_dx=compute_dx)
+
+
 # ------------------------------------------------------ affine and loss
 
 def matmul(a, b):
