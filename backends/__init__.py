@@ -1,15 +1,21 @@
-"""Backend selection: which array library makes *new* arrays.
+"""Backend selection, and the one door to the device-specific code.
 
 Everything that differs per device lives in this package (installed as
-``xdl.backends``):
+``xdl.backends``; xdl/DESIGN.md, "One device interface", explains it):
 
 - this module: the configured backend (``numpy`` or ``cuda``), array-module
-  lookup and host/device moves;
-- ``cpu``: the Cython im2col/col2im/pooling kernels, with a pure NumPy
-  fallback (``numpy_kernels``) when the extension is missing;
-- ``cuda``: the CUDA kernel source (``kernels.cu``) and its CuPy loader.
+  lookup, host/device moves, and ``kernels_for(*arrays)``, the only way xdl
+  reaches a device's kernels;
+- ``cpu`` and ``cuda``: the same operations (``OPERATIONS``) for numpy and
+  for cupy arrays. ``cpu`` runs the compiled Cython kernels
+  (``_cpu_kernels``, on the thread team of ``_cpu_team``) where they apply
+  and the NumPy formulas otherwise; ``cuda`` runs the kernels of
+  ``kernels.cu``;
+- ``numpy_kernels``: the same operations as array formulas, the reference
+  the others are tested against (``_boundary`` holds the shape and dtype
+  checks every implementation makes at its boundary).
 
-Rules (see the design notes):
+Rules:
 
 - Inside an operation the arrays decide: ``get_array_module(x, w)`` returns
   numpy for numpy arrays and cupy for cupy arrays; a mix raises ``TypeError``.
@@ -82,6 +88,14 @@ def gpu_available():
     except BackendError:
         return False
     return True
+
+
+def device_free_bytes():
+    """Free memory of the current CUDA device, in bytes (CuPy's pool counts as free)."""
+    cupy = _import_cupy()
+    free, _total = cupy.cuda.runtime.memGetInfo()
+    pool = cupy.get_default_memory_pool()
+    return int(free + pool.free_bytes())
 
 
 def set_backend(name):
@@ -186,6 +200,17 @@ def asnumpy(a):
     return np.asarray(a)
 
 
+def host_floats(values):
+    """
+    Python floats of a list of scalars: numbers, host arrays, or 0-d cupy
+    arrays, which come back in one copy (one synchronization) for the list.
+    """
+    if any(is_cupy_array(v) for v in values):
+        xp = _cupy_if_loaded()
+        return xp.stack([xp.asarray(v) for v in values]).get().tolist()
+    return [float(v) for v in values]
+
+
 def asarray_like(a, like, dtype=None):
     """
     Move ``a`` to the array module of ``like`` (host <-> device if needed).
@@ -199,16 +224,29 @@ def asarray_like(a, like, dtype=None):
     return xp.asarray(a, dtype=dtype)
 
 
+# The device interface: every name here is a function of cpu, of cuda and of
+# numpy_kernels, with the same arguments (tests/test_kernel_contract.py
+# checks both). See numpy_kernels for what each one computes.
+OPERATIONS = (
+    "im2col", "col2im", "conv_forward", "conv_backward",
+    "maxpool_forward", "maxpool_backward",
+    "conv_relu_pool_forward", "conv_relu_pool_backward",
+    "matmul", "softmax_loss",
+    "sgd", "sgd_momentum", "rmsprop", "adam", "adamw",
+    "sum_of_squares", "axpy",
+)
+
+
 def kernels_for(*arrays):
     """
-    Return the kernel module (im2col, col2im, conv_forward, conv_backward,
-    maxpool_forward, maxpool_backward) for the device of ``arrays``: the
-    Cython CPU kernels for numpy arrays, the CUDA RawKernels for cupy arrays.
+    Return the device module for ``arrays``: ``xdl.backends.cpu`` for numpy
+    arrays, ``xdl.backends.cuda`` for cupy arrays. Both implement every
+    name of ``OPERATIONS``; a mix of numpy and cupy arrays raises TypeError.
     """
     xp = get_array_module(*arrays)
     if xp is np:
-        from xdl.backends import cpu
-        return cpu.kernels()
+        from xdl.backends import cpu  # here: importing xdl loads no extension
+        return cpu
     from xdl.backends import cuda
     return cuda
 

@@ -1,17 +1,23 @@
-"""CPU kernels: the compiled Cython extension ``_cpu_kernels`` when it was
-built by ``pip install``, else the NumPy reference kernels (warned once).
+"""The device interface (``xdl.backends.OPERATIONS``) for numpy arrays.
+
+Each operation picks, per call, the compiled Cython kernels
+(``_cpu_kernels``, built by ``pip install``) where they apply and the NumPy
+formulas (``numpy_kernels``) otherwise; both give the same results to
+rounding (xdl/DESIGN.md, "One device interface"):
+
+- im2col, col2im, convolution, max pooling and the fused convolution +
+  ReLU + max pooling: compiled whenever the extension is built (it copies
+  strided inputs); without it, the NumPy kernels, announced by one
+  ``SlowFallbackWarning``.
+- update rules, sum_of_squares, axpy: compiled for C-contiguous
+  float32/float64 numpy arrays of one dtype (``fused_kernels``), the
+  formulas otherwise (other float types, strided arrays, subclasses).
+- matmul: the compiled, tiled product for large float products (see
+  ``matmul``), numpy's ``@`` otherwise.
+- softmax_loss: the NumPy formula.
+
 The extension calls BLAS through ``scipy.linalg.cython_blas``; a missing
 scipy at run time also selects the fallback.
-
-Both expose the same functions (see ``numpy_kernels`` for the layouts):
-im2col, col2im, conv_forward, conv_backward, maxpool_forward,
-maxpool_backward.
-
-The extension also has fused elementwise kernels (the update rules sgd,
-sgd_momentum, rmsprop and adam, sum_of_squares, axpy) with no counterpart
-here: ``fused_kernels(...)`` returns it when they apply, else None, and the
-caller runs its NumPy formula. ``matmul(a, b)`` is ``a @ b``, through the
-extension's thread team for large float products.
 """
 import warnings
 
@@ -36,7 +42,10 @@ _warned = False
 
 
 def kernels():
-    """Return the module implementing the CPU kernels (compiled if available)."""
+    """
+    The module that runs the convolution and pooling kernels: the compiled
+    extension when it is built, else numpy_kernels (warned once).
+    """
     global _warned
     if compiled is not None:
         return compiled
@@ -55,8 +64,8 @@ def fused_kernels(*arrays):
     """
     The compiled module, for its fused elementwise kernels, when every array
     is a C-contiguous numpy float32/float64 array of the first one's dtype;
-    None otherwise (cupy arrays, other dtypes, strided arrays, or the
-    extension not built), and the caller uses its NumPy formula.
+    None otherwise (other dtypes, strided arrays, subclasses, or the
+    extension not built).
 
     Inputs:
     - arrays: the arrays the kernel would read or update in place
@@ -73,6 +82,59 @@ def fused_kernels(*arrays):
             return None
     return compiled
 
+
+def _elementwise(*arrays):
+    """The fused kernels when they take these arrays, else the NumPy formulas."""
+    return fused_kernels(*arrays) or numpy_kernels
+
+
+# ------------------------------------------------- convolution and pooling
+
+def im2col(x, KH, KW, stride, pad, OH, OW):
+    """numpy_kernels.im2col, compiled when the extension is built."""
+    return kernels().im2col(x, KH, KW, stride, pad, OH, OW)
+
+
+def col2im(cols, x_shape, KH, KW, stride, pad, OH, OW):
+    """numpy_kernels.col2im, compiled when the extension is built."""
+    return kernels().col2im(cols, x_shape, KH, KW, stride, pad, OH, OW)
+
+
+def conv_forward(x, w, b, stride, pad, OH, OW):
+    """numpy_kernels.conv_forward, compiled when the extension is built."""
+    return kernels().conv_forward(x, w, b, stride, pad, OH, OW)
+
+
+def conv_backward(dout, x, w, stride, pad, OH, OW, compute_dx=True):
+    """numpy_kernels.conv_backward, compiled when the extension is built."""
+    return kernels().conv_backward(dout, x, w, stride, pad, OH, OW, compute_dx=compute_dx)
+
+
+def maxpool_forward(x, ph, pw, stride, OH, OW):
+    """numpy_kernels.maxpool_forward, compiled when the extension is built."""
+    return kernels().maxpool_forward(x, ph, pw, stride, OH, OW)
+
+
+def maxpool_backward(dout, argmax, x_shape, ph, pw, stride, OH, OW):
+    """numpy_kernels.maxpool_backward, compiled when the extension is built."""
+    return kernels().maxpool_backward(dout, argmax, x_shape, ph, pw, stride, OH, OW)
+
+
+def conv_relu_pool_forward(x, w, b, stride, pad, OH, OW, ph, pw, pool_stride, POH, POW):
+    """numpy_kernels.conv_relu_pool_forward, fused per image when the extension is built."""
+    return kernels().conv_relu_pool_forward(x, w, b, stride, pad, OH, OW,
+                                            ph, pw, pool_stride, POH, POW)
+
+
+def conv_relu_pool_backward(dout, argmax, x, w, stride, pad, OH, OW, ph, pw, pool_stride,
+                            POH, POW, compute_dx=True):
+    """numpy_kernels.conv_relu_pool_backward, fused per image when the extension is built."""
+    return kernels().conv_relu_pool_backward(dout, argmax, x, w, stride, pad, OH, OW,
+                                             ph, pw, pool_stride, POH, POW,
+                                             compute_dx=compute_dx)
+
+
+# ------------------------------------------------------ affine and loss
 
 def matmul(a, b):
     """
@@ -94,4 +156,48 @@ def matmul(a, b):
             and a.dtype in (np.float32, np.float64) and a.shape[1] == b.shape[0]
             and a.shape[0] * a.shape[1] * b.shape[1] >= compiled.MATMUL_MIN_WORK):
         return compiled.matmul(a, b)
-    return a @ b
+    return numpy_kernels.matmul(a, b)
+
+
+def softmax_loss(x, y):
+    """numpy_kernels.softmax_loss."""
+    return numpy_kernels.softmax_loss(x, y)
+
+
+# ------------------------------------------------------------ update rules
+
+def sgd(w, dw, lr):
+    """numpy_kernels.sgd, fused when fused_kernels takes the arrays."""
+    return _elementwise(w, dw).sgd(w, dw, lr)
+
+
+def sgd_momentum(w, dw, v, lr, mu):
+    """numpy_kernels.sgd_momentum, fused when fused_kernels takes the arrays."""
+    return _elementwise(w, dw, v).sgd_momentum(w, dw, v, lr, mu)
+
+
+def rmsprop(w, dw, cache, lr, decay, eps):
+    """numpy_kernels.rmsprop, fused when fused_kernels takes the arrays."""
+    return _elementwise(w, dw, cache).rmsprop(w, dw, cache, lr, decay, eps)
+
+
+def adam(w, dw, m, v, beta1, beta2, step, eps_hat):
+    """numpy_kernels.adam, fused when fused_kernels takes the arrays."""
+    return _elementwise(w, dw, m, v).adam(w, dw, m, v, beta1, beta2, step, eps_hat)
+
+
+def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink):
+    """numpy_kernels.adamw, fused when fused_kernels takes the arrays."""
+    return _elementwise(w, dw, m, v).adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink)
+
+
+# ---------------------------------------------------- L2 regularization
+
+def sum_of_squares(x):
+    """numpy_kernels.sum_of_squares, fused when fused_kernels takes the arrays."""
+    return _elementwise(x).sum_of_squares(x)
+
+
+def axpy(alpha, x, y):
+    """numpy_kernels.axpy, fused when fused_kernels takes the arrays."""
+    return _elementwise(y, x).axpy(alpha, x, y)

@@ -1,20 +1,22 @@
-"""CUDA kernels for cupy arrays: the GPU twin of ``numpy_kernels`` and the
-Cython ``_cpu_kernels`` (same functions, same layouts), plus fused update
-rules for ``xdl.optim`` and a fused softmax loss.
+"""The device interface (``xdl.backends.OPERATIONS``) for cupy arrays: the
+GPU twin of ``cpu`` (same functions, same layouts, same update-rule state
+convention; xdl/DESIGN.md, "One device interface" and "The CUDA kernels").
 
 The kernels live in ``kernels.cu`` beside this file, templated on the float
 type. They are compiled once, on first use, by one ``cupy.RawModule`` (NVRTC,
 cached in memory and in CuPy's on-disk kernel cache); float32 and float64
-arrays pick the ``<float>`` or ``<double>`` instance, other dtypes raise
-TypeError.
+arrays pick the ``<float>`` or ``<double>`` instance. Convolution and
+pooling refuse other dtypes (TypeError); the update rules, sum_of_squares,
+axpy and softmax_loss run the NumPy formulas of ``numpy_kernels`` on arrays
+their fused kernels do not take (float16, strided state).
 
 ``_launch`` is the only code that touches the kernels' argument lists: it
 checks each argument against ``SIGNATURES`` (which mirrors kernels.cu), makes
 input arrays C-contiguous (a RawKernel sees a bare pointer and ignores
-strides), checks output arrays are contiguous, wraps every scalar in an
-explicit NumPy type (``np.int64`` for ``long long``, ``np.float32`` or
-``np.float64`` for ``T``) and launches one thread per output element in a
-grid-stride loop.
+strides), checks output and in-place arrays are contiguous, wraps every
+scalar in an explicit NumPy type (``np.int64`` for ``long long``,
+``np.float32`` or ``np.float64`` for ``T``) and launches one thread per
+output element in a grid-stride loop.
 
 Importing this module does not import cupy; cupy is imported by the first
 call (by then cupy arrays exist, so it is already loaded).
@@ -24,6 +26,8 @@ import numbers
 import os
 
 import numpy as np
+
+from xdl.backends import _boundary, numpy_kernels
 
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.cu")
 COMPILE_OPTIONS = ("-std=c++17",)
@@ -40,8 +44,9 @@ CHUNK_ELEMENTS = 1 << 26
 FLOAT_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 # The parameter list of each kernel in kernels.cu, in order. Arrays:
-# "in"/"out" of type T, "in_i32"/"out_i32" of int (int32), "in_i64" of long
-# long (int64). Scalars: "i64" (long long) and "T".
+# "in"/"out" of type T, "inout" of type T updated in place, "in_i32"/"out_i32"
+# of int (int32), "in_i64" of long long (int64). Scalars: "i64" (long long)
+# and "T".
 SIGNATURES = {
     "im2col": ("in", "out") + ("i64",) * 10,
     "col2im": ("in", "out") + ("i64",) * 10,
@@ -49,9 +54,11 @@ SIGNATURES = {
     "maxpool_forward": ("in", "out", "out_i32") + ("i64",) * 9,
     "maxpool_backward": ("in", "in_i32", "out") + ("i64",) * 9,
     "sgd_update": ("in", "in", "out", "T", "i64"),
-    "sgd_momentum_update": ("in", "in", "in", "out", "out", "T", "T", "i64"),
-    "rmsprop_update": ("in", "in", "in", "out", "out") + ("T",) * 4 + ("i64",),
-    "adam_update": ("in",) * 4 + ("out",) * 3 + ("T",) * 6 + ("i64",),
+    "sgd_momentum_update": ("in", "in", "inout", "out", "T", "T", "i64"),
+    "rmsprop_update": ("in", "in", "inout", "out") + ("T",) * 4 + ("i64",),
+    "adam_update": ("in", "in", "inout", "inout", "out") + ("T",) * 6 + ("i64",),
+    "adamw_update": ("in", "in", "inout", "inout", "out") + ("T",) * 7 + ("i64",),
+    "axpy": ("in", "inout", "T", "i64"),
     "softmax_loss_rows": ("in", "in_i64", "out", "out", "i64", "i64"),
 }
 
@@ -104,10 +111,11 @@ def _pack(kind, a, dtype, name, i):
     if a.dtype != want:
         raise TypeError("argument %d of kernel %s must have dtype %s, got %s"
                         % (i, name, want, a.dtype))
-    if kind.startswith("in"):
+    if kind in ("in", "in_i32", "in_i64"):
         return cp.ascontiguousarray(a)
     if not a.flags.c_contiguous:  # a copy would lose the kernel's writes
-        raise ValueError("output argument %d of kernel %s must be C-contiguous" % (i, name))
+        raise ValueError("%s argument %d of kernel %s must be C-contiguous"
+                         % ("in-place" if kind == "inout" else "output", i, name))
     return a
 
 
@@ -132,30 +140,62 @@ def _launch(name, dtype, size, *args):
     _function(name, dtype)((blocks,), (BLOCK,), packed)
 
 
+WHERE = "CUDA kernels"
+
+
 def _float_dtype(*named):
     """
-    Check (name, array) pairs are cupy arrays of one float dtype; return it.
-    Raises TypeError for numpy arrays, other dtypes or mixed dtypes.
+    Check (name, array) pairs are cupy arrays of one float32/float64 dtype;
+    return it. Raises TypeError for numpy arrays, other dtypes or mixed dtypes.
+    """
+    return _boundary.float_dtype(named, WHERE, _cupy().ndarray, "cupy")
+
+
+def _fused_dtype(inputs, state=()):
+    """
+    Check the (name, array) pairs of an elementwise operation: cupy arrays,
+    the first one floating, all of its shape. Returns the dtype when the
+    fused kernel takes them (one float32/float64 dtype; the state, updated
+    in place, C-contiguous), else None: the caller runs the NumPy formula.
     """
     cp = _cupy()
-    dtype = None
+    named = tuple(inputs) + tuple(state)
     for name, a in named:
         if not isinstance(a, cp.ndarray):
-            raise TypeError("%s must be a cupy array for the CUDA kernels, got %s"
-                            % (name, type(a).__name__))
-        if a.dtype not in FLOAT_TYPES:
-            raise TypeError("%s must be float32 or float64 for the CUDA kernels, got %s"
-                            % (name, a.dtype))
-        if dtype is not None and a.dtype != dtype:
-            raise TypeError("%s has dtype %s but %s has dtype %s; the CUDA kernels need one dtype"
-                            % (name, a.dtype, named[0][0], dtype))
-        dtype = a.dtype
+            raise TypeError("%s must be a cupy array for the %s, got %s"
+                            % (name, WHERE, type(a).__name__))
+    _boundary.check_floating(*named[0])
+    _boundary.check_same_shape(*named)
+    dtype = named[0][1].dtype
+    if dtype not in FLOAT_TYPES or any(a.dtype != dtype for _, a in named):
+        return None
+    if not all(a.flags.c_contiguous for _, a in state):
+        return None
     return dtype
 
 
 # ---------------------------------------------------------------------------
 # Convolution
 # ---------------------------------------------------------------------------
+
+
+def _im2col(x, KH, KW, stride, pad, OH, OW):
+    N, C, H, W = x.shape
+    cols = _cupy().empty((C * KH * KW, N * OH * OW), dtype=x.dtype)
+    _launch("im2col", x.dtype, cols.size, x, cols, N, C, H, W, KH, KW, stride, pad, OH, OW)
+    return cols
+
+
+def _col2im_into(cols, dx, KH, KW, stride, pad, OH, OW):
+    """Write col2im(cols) into the contiguous array dx (N, C, H, W)."""
+    N, C, H, W = dx.shape
+    _launch("col2im", dx.dtype, dx.size, cols, dx, N, C, H, W, KH, KW, stride, pad, OH, OW)
+
+
+def _bias_to_nchw(res, b, out):
+    """out (nb, F, OH, OW) = res (F, nb*OH*OW) + b, in one pass."""
+    nb, F = out.shape[:2]
+    _launch("conv_bias_nchw", res.dtype, out.size, res, b, out, nb, F, out.shape[2] * out.shape[3])
 
 
 def im2col(x, KH, KW, stride, pad, OH, OW):
@@ -166,17 +206,9 @@ def im2col(x, KH, KW, stride, pad, OH, OW):
     Returns:
     - cols: (C*KH*KW, N*OH*OW), row (c*KH + kh)*KW + kw, column (n*OH + oh)*OW + ow
     """
-    dtype = _float_dtype(("x", x))
-    N, C, H, W = x.shape
-    cols = _cupy().empty((C * KH * KW, N * OH * OW), dtype=dtype)
-    _launch("im2col", dtype, cols.size, x, cols, N, C, H, W, KH, KW, stride, pad, OH, OW)
-    return cols
-
-
-def _col2im_into(cols, dx, KH, KW, stride, pad, OH, OW):
-    """Write col2im(cols) into the contiguous array dx (N, C, H, W)."""
-    N, C, H, W = dx.shape
-    _launch("col2im", dx.dtype, dx.size, cols, dx, N, C, H, W, KH, KW, stride, pad, OH, OW)
+    _float_dtype(("x", x))
+    _boundary.check_im2col(x, KH, KW, stride, pad, OH, OW)
+    return _im2col(x, KH, KW, stride, pad, OH, OW)
 
 
 def col2im(cols, x_shape, KH, KW, stride, pad, OH, OW):
@@ -192,23 +224,18 @@ def col2im(cols, x_shape, KH, KW, stride, pad, OH, OW):
     - dx: (N, C, H, W) with the dtype of cols
     """
     dtype = _float_dtype(("cols", cols))
+    _boundary.check_col2im(cols, x_shape, KH, KW, stride, pad, OH, OW)
     dx = _cupy().empty(tuple(x_shape), dtype=dtype)
     _col2im_into(cols, dx, KH, KW, stride, pad, OH, OW)
     return dx
 
 
-def _chunks(N, per_image):
-    step = max(1, CHUNK_ELEMENTS // max(per_image, 1))
-    return [(n0, min(N, n0 + step)) for n0 in range(0, N, step)]
-
-
 def conv_forward(x, w, b, stride, pad, OH, OW):
     """
-    Convolution by im2col + one cuBLAS GEMM per chunk of images.
-
-    The GEMM w.reshape(F, -1) @ cols gives (F, N*OH*OW); one kernel then adds
-    the bias while writing it in the (N, F, OH, OW) layout, so the transpose
-    costs no extra pass.
+    Convolution by im2col + one cuBLAS GEMM per chunk of images
+    (numpy_kernels.gemm_conv_forward). The GEMM gives (F, nb*OH*OW); one
+    kernel then adds the bias while writing it in the (N, F, OH, OW) layout,
+    so the transpose costs no extra pass.
 
     Inputs:
     - x: (N, C, H, W), w: (F, C, KH, KW), b: (F,), cupy arrays of one dtype
@@ -217,23 +244,16 @@ def conv_forward(x, w, b, stride, pad, OH, OW):
     Returns:
     - out: (N, F, OH, OW)
     """
-    dtype = _float_dtype(("x", x), ("w", w), ("b", b))
-    cp = _cupy()
-    N = x.shape[0]
-    F, C, KH, KW = w.shape
-    w2 = w.reshape(F, -1)
-    out = cp.empty((N, F, OH, OW), dtype=dtype)
-    for n0, n1 in _chunks(N, C * KH * KW * OH * OW):
-        cols = im2col(x[n0:n1], KH, KW, stride, pad, OH, OW)
-        res = w2 @ cols
-        _launch("conv_bias_nchw", dtype, (n1 - n0) * F * OH * OW,
-                res, b, out[n0:n1], n1 - n0, F, OH * OW)
-    return out
+    _float_dtype(("x", x), ("w", w), ("b", b))
+    _boundary.check_conv_forward(x, w, b, stride, pad, OH, OW)
+    return numpy_kernels.gemm_conv_forward(x, w, b, stride, pad, OH, OW, _im2col,
+                                           _bias_to_nchw, CHUNK_ELEMENTS)
 
 
 def conv_backward(dout, x, w, stride, pad, OH, OW, compute_dx=True):
     """
-    Gradients of conv_forward; im2col is recomputed chunk by chunk.
+    Gradients of conv_forward; im2col is recomputed chunk by chunk
+    (numpy_kernels.gemm_conv_backward).
 
     Inputs:
     - dout: (N, F, OH, OW); x, w: the forward inputs (cupy arrays of one dtype)
@@ -245,25 +265,10 @@ def conv_backward(dout, x, w, stride, pad, OH, OW, compute_dx=True):
     - dw: (F, C, KH, KW)
     - db: (F,)
     """
-    dtype = _float_dtype(("dout", dout), ("x", x), ("w", w))
-    cp = _cupy()
-    N = x.shape[0]
-    F, C, KH, KW = w.shape
-    w2 = w.reshape(F, -1)
-    dx = cp.empty(x.shape, dtype=dtype) if compute_dx else None
-    dw = db = None
-    for n0, n1 in _chunks(N, C * KH * KW * OH * OW):
-        # (nb, F, OH, OW) -> (F, nb*OH*OW), the column order of cols.
-        d2 = cp.ascontiguousarray(dout[n0:n1].transpose(1, 0, 2, 3)).reshape(F, -1)
-        cols = im2col(x[n0:n1], KH, KW, stride, pad, OH, OW)
-        dw_part, db_part = d2 @ cols.T, d2.sum(axis=1)
-        dw = dw_part if dw is None else dw + dw_part
-        db = db_part if db is None else db + db_part
-        if compute_dx:
-            _col2im_into(w2.T @ d2, dx[n0:n1], KH, KW, stride, pad, OH, OW)
-    if dw is None:  # empty batch
-        dw, db = cp.zeros((F, C * KH * KW), dtype=dtype), cp.zeros(F, dtype=dtype)
-    return dx, dw.reshape(w.shape), db
+    _float_dtype(("dout", dout), ("x", x), ("w", w))
+    _boundary.check_conv_backward(dout, x, w, stride, pad, OH, OW)
+    return numpy_kernels.gemm_conv_backward(dout, x, w, stride, pad, OH, OW, compute_dx,
+                                            _im2col, _col2im_into, CHUNK_ELEMENTS)
 
 
 # ---------------------------------------------------------------------------
@@ -282,6 +287,7 @@ def maxpool_forward(x, ph, pw, stride, OH, OW):
       maximum inside each window (np.argmax's tie rule)
     """
     dtype = _float_dtype(("x", x))
+    _boundary.check_pool_forward(x, ph, pw, stride, OH, OW)
     cp = _cupy()
     N, C, H, W = x.shape
     out = cp.empty((N, C, OH, OW), dtype=dtype)
@@ -308,6 +314,7 @@ def maxpool_backward(dout, argmax, x_shape, ph, pw, stride, OH, OW):
     if not isinstance(argmax, cp.ndarray) or argmax.dtype.kind not in "iu":
         raise TypeError("argmax must be a cupy integer array, got %s"
                         % getattr(argmax, "dtype", type(argmax).__name__))
+    _boundary.check_pool_backward(dout, argmax, x_shape, ph, pw, stride, OH, OW)
     N, C, H, W = x_shape
     dx = cp.empty((N, C, H, W), dtype=dtype)
     _launch("maxpool_backward", dtype, dx.size, dout, argmax.astype(np.int32, copy=False), dx,
@@ -316,63 +323,82 @@ def maxpool_backward(dout, argmax, x_shape, ph, pw, stride, OH, OW):
 
 
 # ---------------------------------------------------------------------------
-# Fused update rules (one launch per parameter; see xdl.optim for the math)
+# Convolution + ReLU + max pooling: composed of the kernels above (the CPU
+# fuses them per image; on the GPU each is already one pass).
 # ---------------------------------------------------------------------------
 
 
-def sgd(w, dw, lr):
-    """Returns next_w = w - lr * dw."""
-    dtype = _float_dtype(("w", w), ("dw", dw))
-    next_w = _cupy().empty(w.shape, dtype=dtype)
-    _launch("sgd_update", dtype, w.size, w, dw, next_w, lr, w.size)
-    return next_w
-
-
-def sgd_momentum(w, dw, v, lr, mu):
-    """Returns (next_w, next_v): next_v = mu * v - lr * dw, next_w = w + next_v."""
-    dtype = _float_dtype(("w", w), ("dw", dw), ("velocity", v))
-    cp = _cupy()
-    next_w, next_v = cp.empty(w.shape, dtype=dtype), cp.empty(w.shape, dtype=dtype)
-    _launch("sgd_momentum_update", dtype, w.size, w, dw, v, next_w, next_v, lr, mu, w.size)
-    return next_w, next_v
-
-
-def rmsprop(w, dw, cache, lr, decay, eps):
+def conv_relu_pool_forward(x, w, b, stride, pad, OH, OW, ph, pw, pool_stride, POH, POW):
     """
-    Returns (next_w, next_cache): next_cache = decay * cache + (1 - decay) * dw**2,
-    next_w = w - lr * dw / (sqrt(next_cache) + eps).
+    conv_forward, maxpool_forward, then the ReLU of the pooled values
+    (numpy_kernels.relu_of_pooled).
+
+    Inputs:
+    - x: (N, C, H, W), w: (F, C, KH, KW), b: (F,), cupy arrays of one dtype
+    - stride, pad; OH, OW: the convolution's output size
+    - ph, pw: pooling window; pool_stride; POH, POW: the pooled size
+
+    Returns a tuple of:
+    - out: (N, F, POH, POW)
+    - argmax: (N, F, POH, POW) int32, the window index of the first maximum
+      where out > 0, -1 where the ReLU passes no gradient
     """
-    dtype = _float_dtype(("w", w), ("dw", dw), ("cache", cache))
-    cp = _cupy()
-    next_w, next_cache = cp.empty(w.shape, dtype=dtype), cp.empty(w.shape, dtype=dtype)
-    _launch("rmsprop_update", dtype, w.size, w, dw, cache, next_w, next_cache,
-            lr, decay, 1 - decay, eps, w.size)
-    return next_w, next_cache
+    _float_dtype(("x", x), ("w", w), ("b", b))
+    _boundary.check_conv_relu_pool_forward(x, w, b, stride, pad, OH, OW,
+                                           ph, pw, pool_stride, POH, POW)
+    out, argmax = maxpool_forward(conv_forward(x, w, b, stride, pad, OH, OW),
+                                  ph, pw, pool_stride, POH, POW)
+    return numpy_kernels.relu_of_pooled(out, argmax)
 
 
-def adam(w, dw, m, v, beta1, beta2, step, eps_hat):
+def conv_relu_pool_backward(dout, argmax, x, w, stride, pad, OH, OW, ph, pw, pool_stride,
+                            POH, POW, compute_dx=True):
     """
-    Returns (next_w, next_m, next_v): the moment updates of Adam and
-    next_w = w - step * next_m / (sqrt(next_v) + eps_hat), where step and
-    eps_hat carry the bias correction (computed by xdl.optim.adam).
+    maxpool_backward through the argmax (it carries the ReLU), then
+    conv_backward.
+
+    Inputs:
+    - dout: (N, F, POH, POW); argmax: from conv_relu_pool_forward; x, w and
+      the geometry: as conv_relu_pool_forward
+    - compute_dx: False skips dx (returned as None)
+
+    Returns a tuple of (dx, dw, db).
     """
-    dtype = _float_dtype(("w", w), ("dw", dw), ("m", m), ("v", v))
-    cp = _cupy()
-    next_w, next_m, next_v = (cp.empty(w.shape, dtype=dtype) for _ in range(3))
-    _launch("adam_update", dtype, w.size, w, dw, m, v, next_w, next_m, next_v,
-            beta1, 1 - beta1, beta2, 1 - beta2, step, eps_hat, w.size)
-    return next_w, next_m, next_v
+    _float_dtype(("dout", dout), ("x", x), ("w", w))
+    _boundary.check_conv_relu_pool_backward(dout, argmax, x, w, stride, pad, OH, OW,
+                                            ph, pw, pool_stride, POH, POW)
+    dconv = maxpool_backward(dout, argmax, (x.shape[0], w.shape[0], OH, OW),
+                             ph, pw, pool_stride, POH, POW)
+    return conv_backward(dconv, x, w, stride, pad, OH, OW, compute_dx=compute_dx)
 
 
 # ---------------------------------------------------------------------------
-# Softmax loss
+# Affine and softmax loss
 # ---------------------------------------------------------------------------
+
+
+def matmul(a, b):
+    """
+    Inputs:
+    - a: (M, K); b: (K, N) cupy arrays
+
+    Returns:
+    - a @ b (cuBLAS)
+    """
+    cp = _cupy()
+    for name, m in (("a", a), ("b", b)):
+        if not isinstance(m, cp.ndarray):
+            raise TypeError("%s must be a cupy array for the %s, got %s"
+                            % (name, WHERE, type(m).__name__))
+    _boundary.check_matmul(a, b)
+    return a @ b
 
 
 def softmax_loss(x, y):
     """
     Softmax loss and its gradient in one kernel plus one reduction (the
-    NumPy formula in xdl.layers takes about fifteen launches).
+    NumPy formula takes about fifteen launches); float16 scores take the
+    formula.
 
     Inputs:
     - x: (N, C) cupy array of scores; y: (N,) cupy integer labels in [0, C)
@@ -382,10 +408,109 @@ def softmax_loss(x, y):
     - loss: 0-d cupy array
     - dx: (N, C) gradient of the loss with respect to x
     """
-    dtype = _float_dtype(("x", x))
     cp = _cupy()
+    if not isinstance(x, cp.ndarray) or not isinstance(y, cp.ndarray):
+        raise TypeError("x and y must be cupy arrays for the %s, got %s and %s"
+                        % (WHERE, type(x).__name__, type(y).__name__))
+    _boundary.check_floating("x", x)
+    _boundary.check_scores(x, y)
+    if x.dtype not in FLOAT_TYPES:
+        return numpy_kernels.softmax_loss(x, y)
     N, C = x.shape
-    dx = cp.empty((N, C), dtype=dtype)
-    row_loss = cp.empty(N, dtype=dtype)
-    _launch("softmax_loss_rows", dtype, N, x, y.astype(np.int64, copy=False), dx, row_loss, N, C)
+    dx = cp.empty((N, C), dtype=x.dtype)
+    row_loss = cp.empty(N, dtype=x.dtype)
+    _launch("softmax_loss_rows", x.dtype, N, x, y.astype(np.int64, copy=False), dx, row_loss,
+            N, C)
     return row_loss.sum(), dx
+
+
+# ---------------------------------------------------------------------------
+# Fused update rules: one launch per parameter; each updates its state in
+# place and returns (next_w, *state), as numpy_kernels, whose formulas run
+# where the kernels do not apply.
+# ---------------------------------------------------------------------------
+
+
+def sgd(w, dw, lr):
+    """Returns next_w = w - lr * dw."""
+    dtype = _fused_dtype((("w", w), ("dw", dw)))
+    if dtype is None:
+        return numpy_kernels.sgd(w, dw, lr)
+    next_w = _cupy().empty(w.shape, dtype=dtype)
+    _launch("sgd_update", dtype, w.size, w, dw, next_w, lr, w.size)
+    return next_w
+
+
+def sgd_momentum(w, dw, v, lr, mu):
+    """Returns (next_w, v): v = mu * v - lr * dw in place, next_w = w + v."""
+    dtype = _fused_dtype((("w", w), ("dw", dw)), (("velocity", v),))
+    if dtype is None:
+        return numpy_kernels.sgd_momentum(w, dw, v, lr, mu)
+    next_w = _cupy().empty(w.shape, dtype=dtype)
+    _launch("sgd_momentum_update", dtype, w.size, w, dw, v, next_w, lr, mu, w.size)
+    return next_w, v
+
+
+def rmsprop(w, dw, cache, lr, decay, eps):
+    """
+    Returns (next_w, cache): cache = decay * cache + (1 - decay) * dw**2 in
+    place, next_w = w - lr * dw / (sqrt(cache) + eps).
+    """
+    dtype = _fused_dtype((("w", w), ("dw", dw)), (("cache", cache),))
+    if dtype is None:
+        return numpy_kernels.rmsprop(w, dw, cache, lr, decay, eps)
+    next_w = _cupy().empty(w.shape, dtype=dtype)
+    _launch("rmsprop_update", dtype, w.size, w, dw, cache, next_w,
+            lr, decay, 1 - decay, eps, w.size)
+    return next_w, cache
+
+
+def adam(w, dw, m, v, beta1, beta2, step, eps_hat):
+    """
+    Returns (next_w, m, v): the moments updated in place and
+    next_w = w - step * m / (sqrt(v) + eps_hat), where step and eps_hat
+    carry the bias correction (computed by xdl.optim.adam).
+    """
+    dtype = _fused_dtype((("w", w), ("dw", dw)), (("m", m), ("v", v)))
+    if dtype is None:
+        return numpy_kernels.adam(w, dw, m, v, beta1, beta2, step, eps_hat)
+    next_w = _cupy().empty(w.shape, dtype=dtype)
+    _launch("adam_update", dtype, w.size, w, dw, m, v, next_w,
+            beta1, 1 - beta1, beta2, 1 - beta2, step, eps_hat, w.size)
+    return next_w, m, v
+
+
+def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink):
+    """
+    Returns (next_w, m, v): the moments updated in place as in adam and
+    next_w = shrink * w - step * m / (sqrt(v) + eps_hat), where
+    shrink = 1 - lr * weight_decay (computed by xdl.optim.adamw).
+    """
+    dtype = _fused_dtype((("w", w), ("dw", dw)), (("m", m), ("v", v)))
+    if dtype is None:
+        return numpy_kernels.adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink)
+    next_w = _cupy().empty(w.shape, dtype=dtype)
+    _launch("adamw_update", dtype, w.size, w, dw, m, v, next_w,
+            beta1, 1 - beta1, beta2, 1 - beta2, step, eps_hat, shrink, w.size)
+    return next_w, m, v
+
+
+# ---------------------------------------------------------------------------
+# L2 regularization
+# ---------------------------------------------------------------------------
+
+
+def sum_of_squares(x):
+    """Returns the sum of the squares of x's elements, a 0-d cupy array (cuBLAS dot)."""
+    _fused_dtype((("x", x),))
+    flat = x.ravel()
+    return _cupy().vdot(flat, flat)
+
+
+def axpy(alpha, x, y):
+    """y += alpha * x in place, in one launch; returns y."""
+    dtype = _fused_dtype((("x", x),), (("y", y),))
+    if dtype is None:
+        return numpy_kernels.axpy(alpha, x, y)
+    _launch("axpy", dtype, y.size, x, y, alpha, y.size)
+    return y

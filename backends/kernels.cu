@@ -1,7 +1,7 @@
 // CUDA kernels of xdl's GPU backend, compiled once by backends/cuda.py with
 // cupy.RawModule (NVRTC) and instantiated for T = float and T = double.
 //
-// Conventions (see the design notes, section 3):
+// Conventions (xdl/DESIGN.md, "The CUDA kernels"):
 // - One thread per element of the kernel's output, in a grid-stride loop, with
 //   64-bit (long long) indices and sizes: im2col buffers pass 2**31 elements.
 // - col2im and the max-pool backward are gathers (one thread per input pixel
@@ -170,8 +170,8 @@ __global__ void maxpool_backward(const T* __restrict__ dout, const int* __restri
 
 // ---------------------------------------------------------------------------
 // Fused update rules (xdl.optim): one launch per parameter instead of one per
-// array operation. Each reads w, dw and the state and writes new arrays, with
-// the arithmetic of the NumPy formulas in xdl/optim.py.
+// array operation. Each reads w and dw, updates its state arrays in place and
+// writes next_w, with the arithmetic of the formulas in numpy_kernels.py.
 // ---------------------------------------------------------------------------
 
 // next_w = w - lr * dw
@@ -184,42 +184,40 @@ __global__ void sgd_update(const T* __restrict__ w, const T* __restrict__ dw,
     }
 }
 
-// next_v = mu * v - lr * dw; next_w = w + next_v
+// v = mu * v - lr * dw (in place); next_w = w + v
 template <typename T>
 __global__ void sgd_momentum_update(const T* __restrict__ w, const T* __restrict__ dw,
-                                    const T* __restrict__ v, T* __restrict__ next_w,
-                                    T* __restrict__ next_v, T lr, T mu, long long n)
+                                    T* __restrict__ v, T* __restrict__ next_w,
+                                    T lr, T mu, long long n)
 {
     XDL_GRID_STRIDE_LOOP(i, n) {
         const T vi = mu * v[i] - lr * dw[i];
-        next_v[i] = vi;
+        v[i] = vi;
         next_w[i] = w[i] + vi;
     }
 }
 
-// next_cache = decay * cache + (1 - decay) * dw^2;
-// next_w = w - lr * dw / (sqrt(next_cache) + eps). one_m_decay = 1 - decay.
+// cache = decay * cache + (1 - decay) * dw^2 (in place);
+// next_w = w - lr * dw / (sqrt(cache) + eps). one_m_decay = 1 - decay.
 template <typename T>
 __global__ void rmsprop_update(const T* __restrict__ w, const T* __restrict__ dw,
-                               const T* __restrict__ cache, T* __restrict__ next_w,
-                               T* __restrict__ next_cache, T lr, T decay, T one_m_decay,
-                               T eps, long long n)
+                               T* __restrict__ cache, T* __restrict__ next_w,
+                               T lr, T decay, T one_m_decay, T eps, long long n)
 {
     XDL_GRID_STRIDE_LOOP(i, n) {
         const T g = dw[i];
         const T ci = decay * cache[i] + one_m_decay * (g * g);
-        next_cache[i] = ci;
+        cache[i] = ci;
         next_w[i] = w[i] - lr * g / (sqrt(ci) + eps);
     }
 }
 
-// next_m = beta1 * m + (1 - beta1) * dw; next_v = beta2 * v + (1 - beta2) * dw^2;
-// next_w = w - step * next_m / (sqrt(next_v) + eps_hat), with the bias
+// m = beta1 * m + (1 - beta1) * dw; v = beta2 * v + (1 - beta2) * dw^2 (in
+// place); next_w = w - step * m / (sqrt(v) + eps_hat), with the bias
 // correction folded into step and eps_hat by the caller.
 template <typename T>
 __global__ void adam_update(const T* __restrict__ w, const T* __restrict__ dw,
-                            const T* __restrict__ m, const T* __restrict__ v,
-                            T* __restrict__ next_w, T* __restrict__ next_m, T* __restrict__ next_v,
+                            T* __restrict__ m, T* __restrict__ v, T* __restrict__ next_w,
                             T beta1, T one_m_beta1, T beta2, T one_m_beta2,
                             T step, T eps_hat, long long n)
 {
@@ -227,9 +225,40 @@ __global__ void adam_update(const T* __restrict__ w, const T* __restrict__ dw,
         const T g = dw[i];
         const T mi = beta1 * m[i] + one_m_beta1 * g;
         const T vi = beta2 * v[i] + one_m_beta2 * (g * g);
-        next_m[i] = mi;
-        next_v[i] = vi;
+        m[i] = mi;
+        v[i] = vi;
         next_w[i] = w[i] - step * mi / (sqrt(vi) + eps_hat);
+    }
+}
+
+// AdamW: the moments of adam; next_w = shrink * w - step * m / (sqrt(v) + eps_hat),
+// with shrink = 1 - lr * weight_decay (the decoupled weight decay).
+template <typename T>
+__global__ void adamw_update(const T* __restrict__ w, const T* __restrict__ dw,
+                             T* __restrict__ m, T* __restrict__ v, T* __restrict__ next_w,
+                             T beta1, T one_m_beta1, T beta2, T one_m_beta2,
+                             T step, T eps_hat, T shrink, long long n)
+{
+    XDL_GRID_STRIDE_LOOP(i, n) {
+        const T g = dw[i];
+        const T mi = beta1 * m[i] + one_m_beta1 * g;
+        const T vi = beta2 * v[i] + one_m_beta2 * (g * g);
+        m[i] = mi;
+        v[i] = vi;
+        next_w[i] = shrink * w[i] - step * mi / (sqrt(vi) + eps_hat);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// L2 regularization
+// ---------------------------------------------------------------------------
+
+// y += alpha * x, in place
+template <typename T>
+__global__ void axpy(const T* __restrict__ x, T* __restrict__ y, T alpha, long long n)
+{
+    XDL_GRID_STRIDE_LOOP(i, n) {
+        y[i] = y[i] + alpha * x[i];
     }
 }
 

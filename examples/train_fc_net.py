@@ -17,17 +17,22 @@ import common
 
 
 def main(argv=None):
-    p = common.parser(__doc__.splitlines()[0], epochs=15, batch_size=200, lr=1e-3)
-    p.add_argument("--hidden-dims", type=int, nargs="+", default=[512, 256, 256, 128])
+    p = common.parser(__doc__, epochs=15, batch_size=200, lr=1e-3, update_rule="adam",
+                      print_every=200)
+    p.add_argument("--hidden-dims", type=common.positive_int, nargs="+",
+                   default=[512, 256, 256, 128], help="Units in each hidden layer.")
     p.add_argument("--normalization", choices=["none", "batchnorm", "layernorm"],
-                   default="batchnorm")
-    p.add_argument("--dropout-keep", type=float, default=0.85,
-                   help="keep probability of dropout (1 disables it)")
-    p.add_argument("--weight-scale", type=float, default=2e-2)
-    p.add_argument("--reg", type=float, default=1e-3)
-    p.add_argument("--lr-decay", type=float, default=0.9)
-    p.set_defaults(print_every=200)
-    args = p.parse_args(argv)
+                   default="batchnorm", help="The normalization after each hidden affine layer.")
+    p.add_argument("--dropout-keep", type=common.keep_ratio, default=0.85,
+                   help="The probability of keeping each hidden unit in dropout (1 disables "
+                        "dropout).")
+    p.add_argument("--weight-scale", type=common.positive_float, default=2e-2,
+                   help="The standard deviation of the initial weights.")
+    p.add_argument("--reg", type=common.nonneg_float, default=1e-3,
+                   help="The L2 regularization strength.")
+    p.add_argument("--lr-decay", type=common.positive_float, default=0.9,
+                   help="The learning rate is multiplied by this after every epoch.")
+    args = common.parse(p, argv)
 
     print("backend:", common.describe_backend())
     np.random.seed(args.seed)
@@ -37,12 +42,12 @@ def main(argv=None):
                               normalization=None if args.normalization == "none"
                               else args.normalization,
                               dtype=np.dtype(args.dtype).type)
-    solver = Solver(model, data, update_rule="adam", optim_config={"learning_rate": args.lr},
-                    lr_decay=args.lr_decay, num_epochs=args.epochs, batch_size=args.batch_size,
+    solver = Solver(model, data, update_rule=args.update_rule,
+                    optim_config={"learning_rate": args.lr}, lr_decay=args.lr_decay,
+                    num_epochs=args.epochs, batch_size=args.batch_size,
                     print_every=args.print_every)
-    common.timed_train(solver)
+    common.train(solver)
     common.report_accuracy(solver, data, train_samples=1000)
-    os.makedirs(args.out_dir, exist_ok=True)
     common.plot_history(solver, os.path.join(args.out_dir, "fc_net_history.png"),
                         "FullyConnectedNet")
     model.save(os.path.join(args.out_dir, "fc_net.npz"))

@@ -14,47 +14,37 @@ import numpy as np
 import xdl
 from xdl.classifiers.fc_net import TwoLayerNet
 from xdl.solver import Solver
-from xdl.vis_utils import visualize_grid
 
 import common
 
 
-def save_weights(model, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    W1 = xdl.asnumpy(model.params["W1"]).reshape(3, 32, 32, -1).transpose(3, 1, 2, 0)
-    plt.figure(figsize=(8, 8))
-    plt.imshow(visualize_grid(W1, padding=3).astype("uint8"))
-    plt.axis("off")
-    plt.savefig(path, dpi=80)
-    plt.close()
-    print("saved", path)
-
-
 def main(argv=None):
-    p = common.parser(__doc__.splitlines()[0], epochs=10, batch_size=100, lr=1.5e-3)
-    p.add_argument("--hidden-dim", type=int, default=100)
-    p.add_argument("--reg", type=float, default=0.5)
-    p.add_argument("--lr-decay", type=float, default=0.95)
-    p.set_defaults(print_every=500)
-    args = p.parse_args(argv)
+    p = common.parser(__doc__, epochs=10, batch_size=100, lr=1.5e-3, update_rule="sgd",
+                      print_every=500)
+    p.add_argument("--hidden-dim", type=common.positive_int, default=100,
+                   help="Units in the hidden layer.")
+    p.add_argument("--reg", type=common.nonneg_float, default=0.5,
+                   help="The L2 regularization strength.")
+    p.add_argument("--lr-decay", type=common.positive_float, default=0.95,
+                   help="The learning rate is multiplied by this after every epoch.")
+    args = common.parse(p, argv)
 
     print("backend:", common.describe_backend())
     np.random.seed(args.seed)
     data = common.load_data(args)
     model = TwoLayerNet(hidden_dim=args.hidden_dim, reg=args.reg,
                         dtype=np.dtype(args.dtype).type)
-    solver = Solver(model, data, update_rule="sgd", optim_config={"learning_rate": args.lr},
-                    lr_decay=args.lr_decay, num_epochs=args.epochs, batch_size=args.batch_size,
+    solver = Solver(model, data, update_rule=args.update_rule,
+                    optim_config={"learning_rate": args.lr}, lr_decay=args.lr_decay,
+                    num_epochs=args.epochs, batch_size=args.batch_size,
                     print_every=args.print_every)
-    common.timed_train(solver)
+    common.train(solver)
     common.report_accuracy(solver, data, train_samples=1000)
-    os.makedirs(args.out_dir, exist_ok=True)
     common.plot_history(solver, os.path.join(args.out_dir, "two_layer_net_history.png"),
                         "TwoLayerNet")
-    save_weights(model, os.path.join(args.out_dir, "two_layer_net_weights.png"))
+    W1 = xdl.asnumpy(model.params["W1"]).reshape(3, 32, 32, -1).transpose(3, 1, 2, 0)
+    common.plot_grid(W1, os.path.join(args.out_dir, "two_layer_net_weights.png"),
+                     "TwoLayerNet: first-layer weights of the %d hidden units" % args.hidden_dim)
     model.save(os.path.join(args.out_dir, "two_layer_net.npz"))
 
 

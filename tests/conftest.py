@@ -6,7 +6,10 @@
   the test (models created inside put their parameters there).
 - ``dtype``: float32 and float64.
 """
+import importlib.util
 import os
+import sys
+import warnings
 
 # Keep float32 GEMMs on the GPU comparable with the CPU: no TF32.
 os.environ.setdefault("CUPY_TF32", "0")
@@ -59,6 +62,36 @@ def numpy_backend():
     """Run a test with the numpy backend configured, whatever XDL_BACKEND says."""
     with xdl.use_backend("numpy"):
         yield np
+
+
+def _cupy_performance_warning():
+    """CuPy's PerformanceWarning class, or None without CuPy (it subclasses RuntimeWarning)."""
+    cupy = sys.modules.get("cupy")
+    if cupy is None and importlib.util.find_spec("cupy") is not None:
+        import cupy
+    for where in ("_util", "exceptions"):
+        cls = getattr(getattr(cupy, where, None), "PerformanceWarning", None)
+        if isinstance(cls, type) and issubclass(cls, Warning):
+            return cls
+    return None
+
+
+def allow_cupy_performance_warnings():
+    """
+    setup.cfg turns RuntimeWarnings into errors (a numpy overflow or invalid
+    value is a bug here). CuPy's PerformanceWarning is a RuntimeWarning
+    subclass that advises on speed, not correctness: it is shown, not raised.
+    """
+    cls = _cupy_performance_warning()
+    if cls is not None:
+        warnings.filterwarnings("default", category=cls)
+
+
+@pytest.fixture(autouse=True)
+def cupy_performance_warnings_stay_warnings():
+    # Added inside pytest's per-test warning context: comes before setup.cfg's filters.
+    allow_cupy_performance_warnings()
+    yield
 
 
 def pytest_report_header(config):

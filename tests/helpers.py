@@ -5,7 +5,7 @@ import xdl
 from xdl.gradient_check import rel_error
 
 # One tolerance table keyed by dtype: float32 GEMM paths agree to ~1e-4
-# relative, float64 to ~1e-7 (the design notes).
+# relative, float64 to ~1e-7 (xdl/DESIGN.md, "Tests").
 TOL = {
     np.dtype(np.float32): dict(rtol=2e-4, atol=2e-5),
     np.dtype(np.float64): dict(rtol=1e-7, atol=1e-10),

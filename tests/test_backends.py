@@ -106,3 +106,52 @@ def test_asarray_like_moves_to_reference_device(xp):
 
 def test_gpu_available_is_boolean():
     assert xdl.gpu_available() in (True, False)
+
+
+def test_cupy_performance_warning_is_not_an_error(monkeypatch):
+    # setup.cfg makes RuntimeWarnings errors; conftest exempts CuPy's
+    # PerformanceWarning (a RuntimeWarning subclass). Checked with a stand-in.
+    import types
+    import warnings
+    import conftest
+
+    class PerformanceWarning(RuntimeWarning):
+        pass
+    fake = types.ModuleType("cupy")
+    fake._util = types.SimpleNamespace(PerformanceWarning=PerformanceWarning)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("error", RuntimeWarning)
+        conftest.allow_cupy_performance_warnings()
+        warnings.warn("slow path", PerformanceWarning)
+        with pytest.raises(RuntimeWarning, match="overflow"):
+            warnings.warn("overflow", RuntimeWarning)
+    assert [str(w.message) for w in seen] == ["slow path"]
+
+
+class _FakeCupyArray(np.ndarray):
+    """Stands in for a cupy array where no GPU is available."""
+
+
+def test_check_same_device_names_both_arguments(monkeypatch):
+    from xdl import _checks
+    monkeypatch.setattr(_checks, "is_cupy_array", lambda a: isinstance(a, _FakeCupyArray))
+    x, w = np.zeros((2, 3)), np.zeros((4, 5)).view(_FakeCupyArray)
+    _checks.check_same_device(x=x, w=np.zeros(4), b=None, scale=2.0)
+    _checks.check_same_device(w=w, b=w)
+    with pytest.raises(TypeError, match=r"mixed numpy and cupy arrays: x is a numpy array of "
+                                        r"shape \(2, 3\) and w a cupy array of shape \(4, 5\)"):
+        _checks.check_same_device(x=x, w=w)
+
+
+def test_check_same_device_with_cupy(gpu):
+    from xdl._checks import check_same_device
+    with pytest.raises(TypeError, match="dout is a numpy array.*x a cupy array"):
+        check_same_device(x=gpu.zeros(3), dout=np.zeros(3))
+
+
+def test_import_loads_no_compiled_extension():
+    r = run_python("import sys, xdl, xdl.layers, xdl.fast_layers, xdl.optim, xdl.solver, "
+                   "xdl.classifiers; print(any('_cpu_kernels' in m for m in sys.modules))")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

@@ -1,10 +1,10 @@
-"""Convolution and max-pooling kernels and the fast layers built on them.
+"""The fast convolution and max-pooling layers, and what is particular to
+the compiled CPU kernels under them (tiles, thread team, workspace).
 
-References: the naive loops of xdl.layers (float64, on the host), a direct
-loop for the im2col layout, numerical gradients, and the notebook's values.
-Compared against them: the compiled Cython kernels, the NumPy fallback
-kernels (on numpy, and on cupy where a GPU exists) and the fast layers of
-whatever device the ``xp`` fixture picks.
+The kernels themselves, on every implementation of the device interface,
+are tested in test_kernel_contract.py. References here: the naive loops of
+xdl.layers (float64, on the host), numerical gradients, and the notebook's
+values; the fast layers run on whatever device the ``xp`` fixture picks.
 """
 import os
 import warnings
@@ -90,76 +90,7 @@ def conv_data(xs, ws, seed=0):
     return x, w, b
 
 
-def im2col_loops(x, KH, KW, stride, pad):
-    """Reference layout: cols[(c*KH + kh)*KW + kw, (n*OH + oh)*OW + ow]."""
-    N, C, H, W = x.shape
-    OH, OW = out_size(H, KH, stride, pad), out_size(W, KW, stride, pad)
-    xp_ = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    cols = np.zeros((C * KH * KW, N * OH * OW), dtype=x.dtype)
-    for c in range(C):
-        for kh in range(KH):
-            for kw in range(KW):
-                for n in range(N):
-                    for oh in range(OH):
-                        for ow in range(OW):
-                            cols[(c * KH + kh) * KW + kw, (n * OH + oh) * OW + ow] = \
-                                xp_[n, c, oh * stride + kh, ow * stride + kw]
-    return cols
-
-
-# ------------------------------------------------------------ kernel modules
-
-def kernel_modules():
-    return {"cython": compiled(), "numpy": numpy_kernels}
-
-
-@pytest.mark.parametrize("module", ["cython", "numpy"])
-@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
-def test_im2col_layout_matches_loops(module, case, dtype):
-    xs, ws, stride, pad = case
-    x = conv_data(xs, ws)[0].astype(dtype)
-    KH, KW = ws[2:]
-    OH, OW = out_size(xs[2], KH, stride, pad), out_size(xs[3], KW, stride, pad)
-    cols = kernel_modules()[module].im2col(x, KH, KW, stride, pad, OH, OW)
-    assert cols.dtype == dtype
-    np.testing.assert_array_equal(cols, im2col_loops(x, KH, KW, stride, pad))
-
-
-@pytest.mark.parametrize("module", ["cython", "numpy"])
-@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
-def test_col2im_is_the_adjoint_of_im2col(module, case):
-    # <im2col(x), c> == <x, col2im(c)> for random x and c.
-    xs, ws, stride, pad = case
-    kern = kernel_modules()[module]
-    rng = np.random.RandomState(1)
-    x = rng.randn(*xs)
-    KH, KW = ws[2:]
-    OH, OW = out_size(xs[2], KH, stride, pad), out_size(xs[3], KW, stride, pad)
-    c = rng.randn(xs[1] * KH * KW, xs[0] * OH * OW)
-    lhs = np.sum(kern.im2col(x, KH, KW, stride, pad, OH, OW) * c)
-    rhs = np.sum(x * kern.col2im(c, xs, KH, KW, stride, pad, OH, OW))
-    assert abs(lhs - rhs) <= 1e-10 * (abs(lhs) + 1)
-
-
-@pytest.mark.parametrize("module", ["cython", "numpy"])
-@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
-def test_conv_kernels_match_naive(module, case, dtype):
-    xs, ws, stride, pad = case
-    x, w, b = conv_data(xs, ws)
-    conv_param = {"stride": stride, "pad": pad}
-    out_ref, cache = conv_forward_naive(x, w, b, conv_param)
-    dout = np.random.RandomState(2).randn(*out_ref.shape)
-    dx_ref, dw_ref, db_ref = conv_backward_naive(dout, cache)
-
-    kern = kernel_modules()[module]
-    OH, OW = out_ref.shape[2:]
-    xd, wd, bd, dd = (a.astype(dtype) for a in (x, w, b, dout))
-    out = kern.conv_forward(xd, wd, bd, stride, pad, OH, OW)
-    dx, dw, db = kern.conv_backward(dd, xd, wd, stride, pad, OH, OW)
-    for got, ref in ((out, out_ref), (dx, dx_ref), (dw, dw_ref), (db, db_ref)):
-        assert got.dtype == dtype and got.shape == ref.shape
-        assert_close(got, ref, dtype, atol=1e-4 if dtype == np.float32 else 1e-10)
-
+# ------------------------------------------------------------ fast layers
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
 def test_fast_conv_layer_matches_naive(xp, case, dtype):
@@ -177,26 +108,6 @@ def test_fast_conv_layer_matches_naive(xp, case, dtype):
     for got, ref in zip(grads, grads_ref):
         assert got.dtype == dtype
         assert_close(got, ref, dtype, atol=1e-4 if dtype == np.float32 else 1e-10)
-
-
-@pytest.mark.parametrize("module", ["cython", "numpy"])
-@pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
-def test_pool_kernels_match_naive(module, case, dtype):
-    xs, ph, pw, stride = case
-    rng = np.random.RandomState(3)
-    x = rng.randn(*xs)
-    pool_param = {"pool_height": ph, "pool_width": pw, "stride": stride}
-    out_ref, cache = max_pool_forward_naive(x, pool_param)
-    dout = rng.randn(*out_ref.shape)
-    dx_ref = max_pool_backward_naive(dout, cache)
-
-    kern = kernel_modules()[module]
-    OH, OW = out_ref.shape[2:]
-    out, argmax = kern.maxpool_forward(x.astype(dtype), ph, pw, stride, OH, OW)
-    dx = kern.maxpool_backward(dout.astype(dtype), argmax, xs, ph, pw, stride, OH, OW)
-    assert out.dtype == dtype and dx.dtype == dtype and argmax.dtype == np.int32
-    np.testing.assert_array_equal(out, out_ref.astype(dtype))
-    assert_close(dx, dx_ref, dtype)
 
 
 @pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
@@ -220,34 +131,6 @@ def test_fast_pool_layer_matches_naive(xp, case, dtype):
 
 
 # ---------------------------------------------------- layouts and strides
-
-@pytest.mark.parametrize("module", ["cython", "numpy"])
-def test_non_contiguous_inputs(module, dtype):
-    kern = kernel_modules()[module]
-    rng = np.random.RandomState(4)
-    # A transposed view (N, C, H, W) of an (H, W, C, N) array, and a strided slice.
-    xs = [rng.randn(7, 6, 3, 2).astype(dtype).transpose(3, 2, 0, 1),
-          rng.randn(4, 6, 14, 6).astype(dtype)[::2, ::2, ::2, :]]
-    wc = rng.randn(3, 4, 3, 3).astype(dtype).transpose(1, 0, 2, 3)  # (4, 3, 3, 3) view
-    assert not wc.flags.c_contiguous
-    for x in xs:
-        assert not x.flags.c_contiguous and x.shape[1] == 3
-        b = rng.randn(wc.shape[0]).astype(dtype)
-        out = kern.conv_forward(x, wc, b, 1, 1, x.shape[2], x.shape[3])
-        ref = kern.conv_forward(x.copy(), wc.copy(), b, 1, 1, x.shape[2], x.shape[3])
-        assert_close(out, ref, dtype)
-        dout = rng.randn(*out.shape[::-1]).astype(dtype).T  # non-contiguous too
-        got = kern.conv_backward(dout, x, wc, 1, 1, x.shape[2], x.shape[3])
-        want = kern.conv_backward(dout.copy(), x.copy(), wc.copy(), 1, 1,
-                                  x.shape[2], x.shape[3])
-        for g, r in zip(got, want):
-            assert_close(g, r, dtype)  # numpy sums a strided dout in another order
-        pooled, am = kern.maxpool_forward(x, 2, 2, 1, x.shape[2] - 1, x.shape[3] - 1)
-        pooled_ref, am_ref = kern.maxpool_forward(x.copy(), 2, 2, 1,
-                                                  x.shape[2] - 1, x.shape[3] - 1)
-        np.testing.assert_array_equal(pooled, pooled_ref)
-        np.testing.assert_array_equal(am, am_ref)
-
 
 def test_fast_layers_take_non_contiguous_inputs(xp, dtype):
     rng = np.random.RandomState(5)
@@ -378,19 +261,6 @@ def test_workspace_is_reused_across_shapes():
                                         1, 1, ref.shape[2], ref.shape[3])
                 assert_close(out, ref, dtype, atol=1e-4 if dtype == np.float32 else 1e-10)
     kern.clear_workspace()
-
-
-@pytest.mark.parametrize("module", ["cython", "numpy"])
-def test_conv_backward_without_dx(module, dtype):
-    kern = kernel_modules()[module]
-    x, w, b = conv_data((3, 2, 6, 5), (4, 2, 3, 3))
-    x, w = x.astype(dtype), w.astype(dtype)
-    dout = np.random.RandomState(8).randn(3, 4, 6, 5).astype(dtype)
-    dx, dw, db = kern.conv_backward(dout, x, w, 1, 1, 6, 5)
-    none, dw2, db2 = kern.conv_backward(dout, x, w, 1, 1, 6, 5, compute_dx=False)
-    assert none is None and dx is not None
-    np.testing.assert_array_equal(dw2, dw)
-    np.testing.assert_array_equal(db2, db)
 
 
 def test_fast_layer_without_dx(xp, dtype):
@@ -729,4 +599,4 @@ def test_fallback_warns_once_and_matches(monkeypatch, dtype):
     for a, c in zip(slow, fast):
         assert a.dtype == dtype
         assert_close(a, c, dtype)
-    assert xdl.backends.kernels_for(x) is numpy_kernels
+    assert xdl.backends.kernels_for(x) is cpu and cpu.kernels() is numpy_kernels

@@ -4,6 +4,10 @@ layers.
 
 References: the NumPy formulas of xdl.optim (run by making the extension
 look missing, which is also the fallback path), float64 sums, numpy's @.
+
+numpy-only: these kernels exist only for host arrays, so every test here runs
+with the numpy backend configured, whatever XDL_BACKEND says (the CUDA
+counterparts are tested in test_cuda_kernels.py and test_cross_backend.py).
 """
 import numpy as np
 import pytest
@@ -15,6 +19,8 @@ from xdl.classifiers.fc_net import FullyConnectedNet, TwoLayerNet
 from xdl.layers import affine_backward, affine_forward
 
 from helpers import assert_close
+
+pytestmark = pytest.mark.usefixtures("numpy_backend")
 
 
 def compiled():
@@ -51,8 +57,11 @@ RULE_CONFIGS = {
     "sgd_momentum": {"learning_rate": 0.05, "momentum": 0.8},
     "rmsprop": {"learning_rate": 0.01, "decay_rate": 0.9, "epsilon": 1e-8},
     "adam": {"learning_rate": 0.01, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-8},
+    "adamw": {"learning_rate": 0.01, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-8,
+              "weight_decay": 0.1},
 }
-STATE = {"sgd": (), "sgd_momentum": ("velocity",), "rmsprop": ("cache",), "adam": ("m", "v")}
+STATE = {"sgd": (), "sgd_momentum": ("velocity",), "rmsprop": ("cache",), "adam": ("m", "v"),
+         "adamw": ("m", "v")}
 
 
 def _run_rule(rule, w, grads):
@@ -77,10 +86,10 @@ def test_fused_rules_match_numpy_formulas_over_steps(monkeypatch, dtype, rule):
     rng = np.random.RandomState(3)
     w = rng.randn(61, 83).astype(dtype)
     grads = [rng.randn(61, 83).astype(dtype) for _ in range(5)]
-    assert optim._fused_kernels(w, grads[0]) is kern
+    assert cpu.fused_kernels(w, grads[0]) is kern
     fused = _run_rule(rule, w, grads)
     monkeypatch.setattr(cpu, "compiled", None)
-    assert optim._fused_kernels(w, grads[0]) is None
+    assert cpu.fused_kernels(w, grads[0]) is None
     reference = _run_rule(rule, w, grads)
     for step, ((fw, fc), (rw, rc)) in enumerate(zip(fused, reference)):
         assert fw.dtype == dtype and fw.shape == w.shape
@@ -134,12 +143,12 @@ def test_fused_rules_read_only_and_strided_inputs(dtype):
     base = rng.randn(30, 40).astype(dtype)
     w = base[:, ::2]                      # strided: the rule falls back to the formulas
     dw = rng.randn(30, 20).astype(dtype)
-    assert optim._fused_kernels(w, dw) is None
+    assert cpu.fused_kernels(w, dw) is None
     next_w, config = optim.adam(w, dw, {"learning_rate": 0.1})
     wc = np.ascontiguousarray(w)
     wc.setflags(write=False)              # read-only: the fused kernel only reads it
     dw.setflags(write=False)
-    assert optim._fused_kernels(wc, dw) is kern
+    assert cpu.fused_kernels(wc, dw) is kern
     next_wc, config_c = optim.adam(wc, dw, {"learning_rate": 0.1})
     np.testing.assert_allclose(next_wc, next_w, **RULE_TOL[dtype])
     np.testing.assert_allclose(config_c["v"], config["v"], **RULE_TOL[dtype])
@@ -167,12 +176,12 @@ def test_fused_kernels_dispatch_only_for_contiguous_float_arrays():
 def test_rules_on_other_dtypes_use_the_formulas():
     compiled()
     w = np.linspace(-1, 1, 12).astype(np.float16).reshape(3, 4)
-    assert optim._fused_kernels(w, w) is None
+    assert cpu.fused_kernels(w, w) is None
     next_w, config = optim.adam(w, w, {"learning_rate": 0.1})
     assert next_w.dtype == np.float16 and config["m"].dtype == np.float16
     # float32 w with a float64 gradient: the formulas, as before.
     w32 = np.ones((2, 3), np.float32)
-    assert optim._fused_kernels(w32, np.ones((2, 3))) is None
+    assert cpu.fused_kernels(w32, np.ones((2, 3))) is None
     next_w, _ = optim.sgd(w32, np.ones((2, 3)), {"learning_rate": 0.5})
     np.testing.assert_allclose(next_w, 0.5)
 

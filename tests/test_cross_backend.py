@@ -1,7 +1,14 @@
 """numpy against cupy on the same host-generated inputs: every layer, sandwich
 layer, update rule and model, forward and backward, compared with the
-per-dtype tolerances of tests/helpers.py; seeded dropout masks; a Solver
-step from identical weights; saving on one device and loading on the other.
+per-dtype tolerances of tests/helpers.py; dropout's device generator; a
+Solver step from identical weights; saving on one device and loading on the
+other.
+
+Dropout draws its masks with NumPy on the host and with a counter-based
+generator on the GPU (xdl.layers._dropout_uniform), so a seed gives each
+backend its own mask. The comparisons of layers and models with dropout run
+the host side with the GPU's generator too (fixture ``same_dropout_masks``):
+the masks are then the same, and so are the results, to the usual tolerances.
 
 Every comparison also checks that cupy inputs give cupy results (of the
 input's dtype). The GPU tests carry the gpu mark through the ``gpu``
@@ -16,7 +23,7 @@ import numpy as np
 import pytest
 
 import xdl
-from xdl import fast_layers, layer_utils, layers, optim
+from xdl import _rng, fast_layers, layer_utils, layers, optim
 from xdl.backends import cuda
 from xdl.classifiers import FullyConnectedNet, ThreeLayerConvNet, TwoLayerNet, load_model
 from xdl.solver import Solver
@@ -155,8 +162,15 @@ LAYER_CASES = {
 }
 
 
+@pytest.fixture
+def same_dropout_masks(monkeypatch):
+    """Dropout on the host uses the GPU's counter-based generator (see the module docstring)."""
+    monkeypatch.setattr(layers, "_dropout_uniform", lambda xp, shape, seed: _rng.uniform(
+        xp, shape, _rng.new_seed() if seed is None else seed))
+
+
 @pytest.mark.parametrize("name", sorted(LAYER_CASES))
-def test_layer_matches_across_backends(gpu, dtype, name):
+def test_layer_matches_across_backends(gpu, dtype, name, same_dropout_masks):
     forward, backward, inputs = LAYER_CASES[name]
     cpu_args, gpu_args = both(gpu, lambda rng: inputs(rng, dtype))
     out_cpu, cache_cpu = forward(*cpu_args)
@@ -181,14 +195,21 @@ def test_loss_layers_match_across_backends(gpu, dtype, loss_fn):
     assert_same(gpu, layers.log_softmax(gpu_args[0]), layers.log_softmax(cpu_args[0]), dtype)
 
 
-def test_dropout_masks_are_equal_with_a_seed(gpu):
-    x = np.ones((50, 40), dtype=np.float32)
+def test_dropout_mask_is_made_on_the_gpu_by_the_counter_generator(gpu, dtype):
+    x = gpu.asarray(np.random.RandomState(2).randn(50, 40).astype(dtype))
     param = {"mode": "train", "p": 0.3, "seed": 17}
-    out_cpu, (_, mask_cpu) = layers.dropout_forward(x, dict(param))
-    out_gpu, (_, mask_gpu) = layers.dropout_forward(gpu.asarray(x), dict(param))
-    assert isinstance(mask_gpu, gpu.ndarray)
-    np.testing.assert_array_equal(host(mask_gpu), mask_cpu)
-    np.testing.assert_array_equal(host(out_gpu), out_cpu)
+    out, (_, mask) = layers.dropout_forward(x, dict(param))
+    assert isinstance(mask, gpu.ndarray) and mask.dtype == dtype
+    # The same numbers as the generator run on the host, bit for bit.
+    expected = np.where(_rng.uniform(np, x.shape, 17) < 0.3, dtype(1 / 0.3), dtype(0))
+    np.testing.assert_array_equal(host(mask), expected)
+    np.testing.assert_array_equal(host(out), host(x) * expected)
+    # Unseeded masks follow NumPy's global seed.
+    np.random.seed(5)
+    _, (_, first) = layers.dropout_forward(x, {"mode": "train", "p": 0.5})
+    np.random.seed(5)
+    _, (_, again) = layers.dropout_forward(x, {"mode": "train", "p": 0.5})
+    np.testing.assert_array_equal(host(first), host(again))
 
 
 def test_naive_layers_refuse_cupy_arrays(gpu):
@@ -271,7 +292,7 @@ def _model_data(input_shape, n=5, classes=4):
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_CASES))
-def test_model_matches_across_backends(gpu, dtype, name):
+def test_model_matches_across_backends(gpu, dtype, name, same_dropout_masks):
     make, input_shape = MODEL_CASES[name]
     cpu_model, gpu_model = model_pair(lambda: make(dtype))
     assert_same(gpu, gpu_model.params, cpu_model.params, dtype, "initial params")

@@ -5,6 +5,7 @@ import http.server
 import io
 import os
 import pickle
+import re
 import tarfile
 import threading
 
@@ -16,6 +17,12 @@ from xdl.data_utils import (download_cifar10, get_CIFAR10_data, load_CIFAR10,
                             load_CIFAR_batch)
 
 PER_BATCH = 12
+
+
+@pytest.fixture(autouse=True)
+def small_batches(monkeypatch):
+    """The tests write batches of PER_BATCH images; the official ones hold 10000."""
+    monkeypatch.setattr(data_utils, "IMAGES_PER_BATCH", PER_BATCH)
 
 
 def write_fake_cifar(folder, per_batch=PER_BATCH, seed=0):
@@ -103,16 +110,94 @@ def test_batch_loader_refuses_code_in_pickles(tmp_path):
     path = tmp_path / "data_batch_1"
     with open(path, "wb") as f:
         pickle.dump({"data": Evil(), "labels": []}, f, protocol=2)
-    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+    with pytest.raises(data_utils.CIFAR10Error, match="data_batch_1 is damaged .*refusing to "
+                                                      "load it"):
         load_CIFAR_batch(str(path))
 
 
-def test_batch_loader_checks_shape(tmp_path):
-    path = tmp_path / "data_batch_1"
+def write_batch(path, data, labels):
     with open(path, "wb") as f:
-        pickle.dump({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}, f, protocol=2)
-    with pytest.raises(ValueError, match="is not a CIFAR-10 batch"):
+        pickle.dump({"data": data, "labels": labels}, f, protocol=2)
+
+
+def good_rows(n=PER_BATCH):
+    return np.zeros((n, 3072), np.uint8)
+
+
+@pytest.mark.parametrize("data, labels, problem", [
+    (np.zeros((PER_BATCH, 100), np.uint8), [0] * PER_BATCH,
+     r"data is uint8 \(12, 100\), expected uint8 of shape \(12, 3072\)"),
+    (np.zeros((PER_BATCH - 1, 3072), np.uint8), [0] * (PER_BATCH - 1),
+     r"data is uint8 \(11, 3072\), expected uint8 of shape \(12, 3072\)"),
+    (np.zeros((PER_BATCH, 3072), np.int64), [0] * PER_BATCH,
+     r"data is int64 \(12, 3072\), expected uint8"),
+    (good_rows(), [0] * (PER_BATCH - 1), r"labels are int64 \(11,\), expected 12 integers"),
+    (good_rows(), [0.5] * PER_BATCH, r"labels are float64 \(12,\), expected 12 integers"),
+    (good_rows(), [0] * (PER_BATCH - 1) + [10],
+     r"labels range over \[0, 10\], expected \[0, 10\)"),
+    (good_rows(), [-1] + [0] * (PER_BATCH - 1), r"labels range over \[-1, 0\]"),
+])
+def test_batch_loader_checks_contents(tmp_path, data, labels, problem):
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    path.parent.mkdir()
+    write_batch(path, data, labels)
+    with pytest.raises(data_utils.CIFAR10Error) as info:
         load_CIFAR_batch(str(path))
+    msg = str(info.value)
+    assert re.search(problem, msg), msg
+    assert msg.startswith("CIFAR-10 batch file %s is damaged (" % path) and "\n" not in msg
+    assert "python -m xdl.data_utils download --force --dir %s" % tmp_path in msg
+
+
+def test_truncated_batch_names_the_file_and_the_fix(tmp_path, monkeypatch):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_fake_cifar(str(folder))
+    path = folder / "data_batch_3"
+    path.write_bytes(path.read_bytes()[:5000])
+    for load in (lambda: load_CIFAR_batch(str(path)), lambda: load_CIFAR10(str(folder)),
+                 lambda: get_CIFAR10_data(num_training=40, num_validation=10,
+                                          cifar10_dir=str(folder))):
+        with pytest.raises(data_utils.CIFAR10Error,
+                           match="CIFAR-10 batch file %s is damaged \\((UnpicklingError|EOFError)"
+                                 % re.escape(str(path))) as info:
+            load()
+        assert "download --force --dir %s" % tmp_path in str(info.value)
+    # the default folder's fix needs no --dir
+    monkeypatch.setenv("XDL_DATA_DIR", str(tmp_path))
+    with pytest.raises(data_utils.CIFAR10Error, match="`python -m xdl.data_utils download "
+                                                      "--force` \\(163 MB\\)$"):
+        load_CIFAR_batch(str(path))
+
+
+def test_official_batch_size_is_the_default(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_utils, "IMAGES_PER_BATCH", 10000)
+    rng = np.random.RandomState(0)
+    data = rng.randint(0, 256, size=(10000, 3072)).astype(np.uint8)
+    labels = [int(v) for v in rng.randint(10, size=10000)]
+    path = tmp_path / "data_batch_1"
+    write_batch(path, data, labels)
+    X, y = load_CIFAR_batch(str(path), dtype=np.float32)
+    assert X.shape == (10000, 32, 32, 3) and y.shape == (10000,) and y.dtype == np.int64
+    np.testing.assert_array_equal(X[5, :, :, 1].ravel(), data[5, 1024:2048])
+    write_batch(path, data[:12], labels[:12])  # a test-sized batch is not a real one
+    with pytest.raises(data_utils.CIFAR10Error, match=r"expected uint8 of shape \(10000, 3072\)"):
+        load_CIFAR_batch(str(path))
+
+
+def test_where_checks_every_file(tmp_path, capsys):
+    folder = tmp_path / "cifar-10-batches-py"
+    assert data_utils.main(["where", "--dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("%s (missing data_batch_1, " % folder) and "download" in out
+    write_fake_cifar(str(folder))
+    assert data_utils.main(["where", "--dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "%s (complete: all 6 batch files checked)\n" % folder
+    path = folder / "test_batch"
+    path.write_bytes(path.read_bytes()[:100])
+    assert data_utils.main(["where", "--dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("%s (damaged: test_batch: " % folder)
+    assert "download --force --dir %s" % tmp_path in out
 
 
 # --- downloader -----------------------------------------------------------------------
@@ -120,7 +205,7 @@ def test_batch_loader_checks_shape(tmp_path):
 
 def make_archive(tmp_path):
     src = tmp_path / "src" / "cifar-10-batches-py"
-    write_fake_cifar(str(src), per_batch=3)
+    write_fake_cifar(str(src))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         tar.add(str(src), arcname="cifar-10-batches-py")
@@ -165,7 +250,7 @@ def test_download_good_archive(tmp_path, capsys):
         folder = download_cifar10(str(dest), url=server.url, md5=md5, timeout=10)
     assert folder == str(dest / "cifar-10-batches-py")
     Xtr, ytr, Xte, yte = load_CIFAR10(folder)
-    assert Xtr.shape == (15, 32, 32, 3) and Xte.shape == (3, 32, 32, 3)
+    assert Xtr.shape == (5 * PER_BATCH, 32, 32, 3) and Xte.shape == (PER_BATCH, 32, 32, 3)
     assert sorted(os.listdir(dest)) == ["cifar-10-batches-py"]  # temp files removed
     assert "downloading CIFAR-10:" in capsys.readouterr().err
     # a second call finds the complete folder and does not download again
@@ -196,9 +281,48 @@ def test_download_server_gone(tmp_path):
     with Server(body) as server:
         url = server.url
     dest = tmp_path / "data"
-    with pytest.raises(ConnectionError, match="cannot download http://127.0.0.1"):
+    with pytest.raises(data_utils.DownloadError) as info:
         download_cifar10(str(dest), url=url, md5=md5, progress=False, timeout=5)
     assert os.listdir(dest) == []
+    msg = str(info.value)  # one line: the download failed, where the folder goes, XDL_DATA_DIR
+    assert "\n" not in msg and msg.startswith("CIFAR-10 download failed: cannot download "
+                                              "http://127.0.0.1")
+    assert "put a copy of cifar-10-batches-py/ in %s yourself, or point XDL_DATA_DIR" % dest \
+        in msg
+
+
+def test_download_without_force_refuses_a_damaged_folder(tmp_path):
+    dest = tmp_path / "data"
+    write_fake_cifar(str(dest / "cifar-10-batches-py"))
+    path = dest / "cifar-10-batches-py" / "data_batch_4"
+    path.write_bytes(b"garbage")
+    with pytest.raises(data_utils.CIFAR10Error, match="data_batch_4 is damaged .*download "
+                                                      "--force --dir"):
+        download_cifar10(str(dest), url="http://127.0.0.1:9/never", progress=False)
+
+
+def test_download_force_replaces_a_damaged_folder(tmp_path, capsys):
+    body, md5 = make_archive(tmp_path)
+    dest = tmp_path / "data"
+    folder = dest / "cifar-10-batches-py"
+    write_fake_cifar(str(folder), seed=7)
+    (folder / "data_batch_4").write_bytes(b"garbage")
+    (folder / "stray_file").write_text("from the damaged copy")
+    # a failed forced download leaves the old folder as it was
+    with Server(body[:10], declared_length=len(body)) as server:
+        with pytest.raises(data_utils.DownloadError):
+            download_cifar10(str(dest), url=server.url, md5=md5, progress=False, timeout=5,
+                             force=True)
+    assert (folder / "data_batch_4").read_bytes() == b"garbage"
+    with Server(body) as server:
+        rc = data_utils.main(["download", "--dir", str(dest), "--url", server.url,
+                              "--md5", md5, "--force"])
+    assert rc == 0
+    assert sorted(os.listdir(dest)) == ["cifar-10-batches-py"]  # nothing left aside
+    assert not (folder / "stray_file").exists()  # the whole folder was replaced
+    assert data_utils.check_folder(str(folder)) == []
+    expected = load_CIFAR10(str(tmp_path / "src" / "cifar-10-batches-py"))
+    np.testing.assert_array_equal(load_CIFAR10(str(folder))[0], expected[0])
 
 
 def test_download_rejects_archive_escaping_its_folder(tmp_path):
@@ -224,4 +348,5 @@ def test_download_command_line(tmp_path, capsys):
     assert rc == 0 and "CIFAR-10 is in" in capsys.readouterr().out
     rc = data_utils.main(["download", "--dir", str(tmp_path / "e"), "--url", server.url,
                           "--md5", md5])
-    assert rc == 1 and "error: cannot download" in capsys.readouterr().err
+    assert rc == 1 and "error: CIFAR-10 download failed: cannot download" in \
+        capsys.readouterr().err

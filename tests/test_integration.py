@@ -42,7 +42,7 @@ def test_two_layer_net_solver(cifar10, numpy_backend):
     assert solver.best_val_acc > 0.45
 
 
-def test_three_layer_convnet_beats_chance(cifar10):
+def test_three_layer_convnet_beats_chance(cifar10, backend):
     np.random.seed(0)
     small = {"X_train": cifar10["X_train"][:4000], "y_train": cifar10["y_train"][:4000],
              "X_val": cifar10["X_val"], "y_val": cifar10["y_val"]}

@@ -107,7 +107,7 @@ def test_linear_classifier_trains_predicts_saves(backend, cls, tmp_path, capsys)
         (LinearSVM if cls is Softmax else Softmax)().load(path)
 
 
-def test_linear_classifier_stops_on_divergence():
+def test_linear_classifier_stops_on_divergence(backend):
     from xdl.solver import TrainingStopped
     X, y, _ = dev_set(N=200)
     np.random.seed(0)
@@ -115,13 +115,30 @@ def test_linear_classifier_stops_on_divergence():
     with pytest.warns(TrainingStopped, match="training stopped at iteration"):
         history = clf.train(X, y, learning_rate=1e150, reg=1e10, num_iters=50)
     assert len(history) < 50 and all(np.isfinite(history))
+    # W is the one of the last finite step (the bad steps were not applied).
+    assert np.all(np.isfinite(host(clf.W)))
 
 
-def test_linear_classifier_bad_arguments():
+def test_linear_classifier_bad_arguments(backend):
     X, y, _ = dev_set()
-    with pytest.raises(ValueError, match="learning_rate must be a number > 0"):
-        Softmax().train(X, y, learning_rate=0)
+    for bad in (-1e-3, float("nan"), float("inf"), True, "1e-3"):
+        with pytest.raises(ValueError, match="learning_rate must be a finite number >= 0"):
+            Softmax().train(X, y, learning_rate=bad)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         Softmax().train(X, y, batch_size=0)
     with pytest.raises(RuntimeError, match="call train\\(\\) or load\\(\\) first"):
         Softmax().predict(X)
+
+
+def test_zero_learning_rate_measures_the_initial_loss():
+    # A user measures the initial loss with learning_rate=0 (torch.optim accepts 0 too):
+    # the weights must not move, and the loss is about log(C) for small weights.
+    X, y, _ = dev_set()
+    np.random.seed(0)
+    clf = Softmax()
+    history = clf.train(X, y, learning_rate=0.0, reg=0.0, num_iters=5, batch_size=50)
+    W0 = host(clf.W).copy()
+    clf.train(X, y, learning_rate=0, reg=0.0, num_iters=3)
+    np.testing.assert_array_equal(host(clf.W), W0)
+    assert len(history) == 5
+    assert abs(np.mean(history) - np.log(int(y.max()) + 1)) < 0.1

@@ -163,7 +163,7 @@ def test_fc_net_overfits_50_examples(backend, dtype, hidden):
     assert max(solver.train_acc_history) == 1.0
 
 
-def test_fc_net_bad_arguments():
+def test_fc_net_bad_arguments(backend):
     with pytest.raises(ValueError, match="normalization must be None, 'batchnorm' or "
                                          "'layernorm', got 'groupnorm'"):
         FullyConnectedNet([10], normalization="groupnorm")
@@ -236,7 +236,7 @@ def _overfit_images(model, N):
     return solver
 
 
-def test_cnn_bad_arguments():
+def test_cnn_bad_arguments(backend):
     with pytest.raises(ValueError, match="filter_size must be odd"):
         ThreeLayerConvNet(filter_size=4)
     with pytest.raises(ValueError, match="must be even"):
@@ -244,6 +244,25 @@ def test_cnn_bad_arguments():
     model = ThreeLayerConvNet(input_dim=(3, 8, 8), num_filters=2, filter_size=3, hidden_dim=4)
     with pytest.raises(ValueError, match=r"X must have shape \(N, 3, 8, 8\)"):
         model.loss(np.ones((2, 3, 8, 9)))
+
+
+def test_cnn_refuses_channels_last_images():
+    # load_CIFAR_batch returns (N, 32, 32, 3); the same number of values per image
+    # must not be silently reinterpreted as (N, 3, 32, 32).
+    np.random.seed(0)
+    model = ThreeLayerConvNet(num_filters=2, filter_size=3, hidden_dim=4)
+    nhwc = np.random.randn(2, 32, 32, 3)
+    for call in (lambda: model.loss(nhwc), lambda: model.loss(nhwc, np.array([0, 1]))):
+        with pytest.raises(ValueError, match=r"X has shape \(2, 32, 32, 3\): \(N, H, W, C\) "
+                                             r"channels-last .*\(N, C, H, W\) = \(N, 3, 32, 32\): "
+                                             r"pass X.transpose\(0, 3, 1, 2\)"):
+            call()
+    with pytest.raises(ValueError, match=r"X must have shape \(N, 3, 32, 32\), that is "
+                                         r"\(N, C, H, W\); got \(2, 32, 3, 32\)"):
+        model.loss(np.random.randn(2, 32, 3, 32))
+    # the expected layout, and flattened rows, still work
+    assert model.loss(nhwc.transpose(0, 3, 1, 2)).shape == (2, 10)
+    assert model.loss(nhwc.transpose(0, 3, 1, 2).reshape(2, -1)).shape == (2, 10)
 
 
 # --- save / load -----------------------------------------------------------------------
@@ -279,7 +298,7 @@ def test_load_rejects_mismatched_model(tmp_path, numpy_backend):
     TwoLayerNet(input_dim=4, hidden_dim=3, num_classes=2).save(path, verbose=False)
     with pytest.raises(ValueError, match="holds a TwoLayerNet, not a FullyConnectedNet"):
         FullyConnectedNet([3], input_dim=4, num_classes=2).load(path)
-    with pytest.raises(ValueError, match="parameter W1 .* has shape \\(4, 3\\), this model's "
+    with pytest.raises(ValueError, match="W1 in .* has shape \\(4, 3\\), this TwoLayerNet's "
                                          "has shape \\(4, 5\\)"):
         TwoLayerNet(input_dim=4, hidden_dim=5, num_classes=2).load(path)
 

@@ -1,4 +1,6 @@
 """Update rules: the notebooks' expected values, on every backend, and bad input."""
+import math
+
 import numpy as np
 import pytest
 
@@ -104,7 +106,7 @@ def test_adam_matches_textbook_bias_correction(xp, dtype):
     np.testing.assert_allclose(host(w), ref, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
-@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "rmsprop", "adam"])
+@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "rmsprop", "adam", "adamw"])
 def test_rules_keep_dtype_and_device(xp, dtype, rule):
     w = to(xp, np.ones((2, 3)), dtype)
     next_w, config = optim.get_update_rule(rule)(w, w * 0.5, None)
@@ -115,9 +117,9 @@ def test_rules_keep_dtype_and_device(xp, dtype, rule):
 
 
 def test_unknown_update_rule_lists_known_names():
-    with pytest.raises(ValueError, match="unknown update rule 'adamw'.*adam, rmsprop, sgd, "
-                                         "sgd_momentum"):
-        optim.get_update_rule("adamw")
+    with pytest.raises(ValueError, match="unknown update rule 'adagrad'.*adam, adamw, rmsprop, "
+                                         "sgd, sgd_momentum"):
+        optim.get_update_rule("adagrad")
 
 
 def test_bad_hyperparameters():
@@ -128,3 +130,116 @@ def test_bad_hyperparameters():
         optim.adam(w, w, {"learning_rate": float("nan")})
     with pytest.raises(ValueError, match=r"dw has shape \(2,\) but w has shape \(3,\)"):
         optim.sgd(w, np.ones(2))
+
+
+def test_misspelled_config_key_names_the_keys_the_rule_takes():
+    w = np.ones(3)
+    with pytest.raises(ValueError, match=r"config key 'lr' is not used by the update rule adam; "
+                                         r"adam takes the hyperparameters learning_rate, beta1, "
+                                         r"beta2, epsilon and keeps its state in m, v, t"):
+        optim.adam(w, w, {"lr": 1e-3})
+    with pytest.raises(ValueError, match=r"'momentun' .*\(did you mean 'momentum'\?\).*velocity"):
+        optim.sgd_momentum(w, w, {"learning_rate": 1e-3, "momentun": 0.9})
+    with pytest.raises(ValueError, match="sgd takes the hyperparameter learning_rate and keeps "
+                                         "no state"):
+        optim.sgd(w, w, {"learning_rate": 1e-3, "velocity": np.zeros(3)})
+    config = {"learning_rate": 1e-2, "decay": 0.9}
+    with pytest.raises(ValueError, match=r"'decay' .*did you mean 'decay_rate'"):
+        optim.rmsprop(w, w, config)
+    assert config == {"learning_rate": 1e-2, "decay": 0.9}  # nothing was changed
+    with pytest.raises(ValueError, match="'lr' is not used by the update rule adamw"):
+        optim.check_config("adamw", {"lr": 1e-3})     # what the Solver can check up front
+    optim.check_config("adam", {"learning_rate": 1e-3, "m": None, "t": 0})
+
+
+@pytest.mark.parametrize("rule", sorted(optim.UPDATE_RULES))
+def test_config_after_a_step_is_valid_for_the_next_step(rule):
+    # The state the rule stores, and its defaults, are keys it accepts.
+    w = np.ones((2, 3))
+    update = optim.get_update_rule(rule)
+    next_w, config = update(w, w * 0.5, None)
+    assert set(config) == set(optim.RULES[rule].keys())
+    update(next_w, w * 0.5, config)
+
+
+def test_bad_step_count_raises():
+    w = np.ones(3)
+    for t in (-1, 2.5, True):
+        with pytest.raises(ValueError, match=r"config\['t'\]"):
+            optim.adam(w, w, {"t": t})
+
+
+# ------------------------------------------------------------------ AdamW
+
+def adamw_reference(w, grads, lr, beta1, beta2, eps, weight_decay):
+    """torch.optim.AdamW's step, written out in float64; returns w after each step."""
+    w = w.astype(np.float64)
+    m = v = np.zeros_like(w)
+    history = []
+    for t, g in enumerate(grads, start=1):
+        w = w * (1 - lr * weight_decay)              # decoupled weight decay
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        denom = np.sqrt(v) / math.sqrt(1 - beta2 ** t) + eps
+        w = w - (lr / (1 - beta1 ** t)) * m / denom
+        history.append(w)
+    return history
+
+
+def test_adamw_matches_its_formula(xp, dtype):
+    rng = np.random.RandomState(1)
+    w0 = rng.randn(5, 6)
+    grads = [rng.randn(5, 6) for _ in range(4)]
+    hyper = dict(learning_rate=0.05, beta1=0.8, beta2=0.99, epsilon=1e-6, weight_decay=0.3)
+    expected = adamw_reference(w0, grads, *hyper.values())
+    w, config = to(xp, w0, dtype), dict(hyper)
+    for g, e in zip(grads, expected):
+        w, config = optim.adamw(w, to(xp, g, dtype), config)
+        assert w.dtype == dtype
+        np.testing.assert_allclose(host(w), e, rtol=2e-5 if dtype == np.float32 else 1e-12,
+                                   atol=1e-6 if dtype == np.float32 else 1e-14)
+    assert config["t"] == 4 and set(config) == set(optim.RULES["adamw"].keys())
+
+
+def test_adamw_defaults_are_torchs():
+    _, config = optim.adamw(np.ones(3), np.ones(3))
+    assert (config["learning_rate"], config["beta1"], config["beta2"], config["epsilon"],
+            config["weight_decay"]) == (1e-3, 0.9, 0.999, 1e-8, 1e-2)
+
+
+def test_adamw_without_weight_decay_is_adam(xp, dtype):
+    rng = np.random.RandomState(2)
+    w_adam = w_adamw = to(xp, rng.randn(4, 7), dtype)
+    c_adam, c_adamw = {"learning_rate": 0.01}, {"learning_rate": 0.01, "weight_decay": 0.0}
+    for _ in range(3):
+        g = to(xp, rng.randn(4, 7), dtype)
+        w_adam, c_adam = optim.adam(w_adam, g, c_adam)
+        w_adamw, c_adamw = optim.adamw(w_adamw, g, c_adamw)
+        np.testing.assert_array_equal(host(w_adamw), host(w_adam))
+
+
+def test_adamw_decays_weights_without_a_gradient():
+    # A zero gradient leaves Adam's step at zero: only the decay moves w.
+    w, config = np.full(4, 2.0), {"learning_rate": 0.1, "weight_decay": 0.5}
+    for _ in range(3):
+        w, config = optim.adamw(w, np.zeros(4), config)
+    np.testing.assert_allclose(w, 2.0 * 0.95 ** 3, rtol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_adamw_matches_torch(dtype):
+    torch = pytest.importorskip("torch")
+    rng = np.random.RandomState(3)
+    w0 = rng.randn(6, 5).astype(dtype)
+    grads = [rng.randn(6, 5).astype(dtype) for _ in range(5)]
+    param = torch.nn.Parameter(torch.tensor(w0))
+    opt = torch.optim.AdamW([param], lr=0.02, betas=(0.85, 0.995), eps=1e-7, weight_decay=0.2)
+    w, config = w0, {"learning_rate": 0.02, "beta1": 0.85, "beta2": 0.995, "epsilon": 1e-7,
+                     "weight_decay": 0.2}
+    for g in grads:
+        param.grad = torch.tensor(g)
+        opt.step()
+        w, config = optim.adamw(w, g, config)
+        np.testing.assert_allclose(w, param.detach().numpy(),
+                                   rtol=1e-5 if dtype == np.float32 else 1e-13,
+                                   atol=1e-6 if dtype == np.float32 else 1e-15)

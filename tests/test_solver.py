@@ -3,9 +3,12 @@ restoration, stopping on a bad loss, checkpoints and resuming, bad input."""
 import glob
 import os
 import re
+import time
 
 import numpy as np
 import pytest
+
+import xdl
 
 from xdl.classifiers import FullyConnectedNet, TwoLayerNet
 from xdl.serialization import load_state
@@ -42,6 +45,54 @@ def test_prints_notebook_lines_and_float_histories(backend, capsys):
         assert all(type(v) is float for v in h)
 
 
+def test_progress_goes_to_stderr_and_keeps_the_notebook_lines(capsys):
+    data = small_data()
+    solver = Solver(make_model(), data, update_rule="sgd", optim_config={"learning_rate": 1e-2},
+                    num_epochs=2, batch_size=20, print_every=2, num_train_samples=None)
+    solver.train()
+    captured = capsys.readouterr()
+    # stdout: only the notebooks' lines, exactly in their format
+    for line in captured.out.splitlines():
+        assert re.fullmatch(r"\(Iteration \d+ / 6\) loss: \d+\.\d{6}", line) or \
+            re.fullmatch(r"\(Epoch \d / 2\) train acc: \d\.\d{6}; val_acc: \d\.\d{6}", line), line
+    # stderr: the full training-accuracy passes, and each epoch with elapsed time and ETA
+    err = captured.err.splitlines()
+    assert err.count("[checking the accuracy on all 60 training images]") == 3
+    epochs = [line for line in err if line.startswith("[epoch")]
+    assert len(epochs) == 2
+    assert re.fullmatch(r"\[epoch 1 / 2 took \d+\.\d s; \d+\.\d s elapsed, about \d+\.\d s left\]",
+                        epochs[0])
+    assert epochs[1].endswith("about 0.0 s left]")
+    # quiet solvers print nothing at all
+    Solver(make_model(), data, num_epochs=1, batch_size=20, verbose=False).train()
+    assert capsys.readouterr() == ("", "")
+
+
+def test_step_time_counts_training_steps_only(monkeypatch):
+    solver = Solver(make_model(), small_data(), update_rule="sgd",
+                    optim_config={"learning_rate": 1e-2}, num_epochs=2, batch_size=20,
+                    verbose=False)
+    real = solver.check_accuracy
+
+    def slow_check(*args, **kwargs):
+        time.sleep(0.05)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(solver, "check_accuracy", slow_check)
+    start = time.perf_counter()
+    solver.train()
+    wall = time.perf_counter() - start
+    checks = 2 * len(solver.train_acc_history)  # train and val, each sleeping 0.05 s
+    assert solver.steps_taken == 6 and len(solver.train_acc_history) == 3
+    assert 0 < solver.step_time <= wall - 0.05 * checks
+
+
+def test_durations_read_like_a_person_writes_them():
+    from xdl.solver import _duration
+    assert _duration(4.24) == "4.2 s"
+    assert _duration(185) == "3 min 05 s"
+    assert _duration(3725) == "1 h 02 min"
+
+
 def test_training_learns_and_keeps_best_params(backend):
     model = make_model()
     solver = Solver(model, small_data(), update_rule="adam",
@@ -59,7 +110,7 @@ def test_training_learns_and_keeps_best_params(backend):
 
 
 @pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "rmsprop", "adam"])
-def test_every_update_rule_by_name(rule):
+def test_every_update_rule_by_name(backend, rule):
     solver = Solver(make_model(), small_data(), update_rule=rule,
                     optim_config={"learning_rate": 1e-3}, num_epochs=1, batch_size=20,
                     verbose=False)
@@ -67,7 +118,7 @@ def test_every_update_rule_by_name(rule):
     assert len(solver.loss_history) == 3
 
 
-def test_lr_decay_per_epoch():
+def test_lr_decay_per_epoch(backend):
     solver = Solver(make_model(), small_data(), update_rule="sgd",
                     optim_config={"learning_rate": 1.0}, lr_decay=0.5, num_epochs=3,
                     batch_size=30, verbose=False)
@@ -75,7 +126,7 @@ def test_lr_decay_per_epoch():
     assert all(c["learning_rate"] == pytest.approx(0.125) for c in solver.optim_configs.values())
 
 
-def test_check_accuracy_batches_and_subsamples():
+def test_check_accuracy_batches_and_subsamples(backend):
     model = make_model()
     data = small_data()
     solver = Solver(model, data, verbose=False)
@@ -104,7 +155,7 @@ def test_nonfinite_loss_stops_and_restores_best(backend):
     assert solver.best_epoch == 0
 
 
-def test_checkpoints_are_written_each_epoch_and_resume_matches(tmp_path):
+def test_checkpoints_are_written_each_epoch_and_resume_matches(backend, tmp_path):
     data = small_data()
     name = str(tmp_path / "ckpt")
     kwargs = dict(update_rule="adam", optim_config={"learning_rate": 1e-2}, lr_decay=0.9,
@@ -129,7 +180,7 @@ def test_checkpoints_are_written_each_epoch_and_resume_matches(tmp_path):
                                    rtol=1e-6)
 
 
-def test_checkpoint_restores_batchnorm_running_stats(tmp_path):
+def test_checkpoint_restores_batchnorm_running_stats(backend, tmp_path):
     data = small_data()
     np.random.seed(0)
     model = FullyConnectedNet([8], input_dim=12, num_classes=3, normalization="batchnorm")
@@ -143,7 +194,7 @@ def test_checkpoint_restores_batchnorm_running_stats(tmp_path):
                                   host(model.bn_params[0]["running_mean"]))
 
 
-def test_load_checkpoint_of_another_model_fails(tmp_path):
+def test_load_checkpoint_of_another_model_fails(backend, tmp_path):
     data = small_data()
     solver = Solver(make_model(), data, num_epochs=1, batch_size=20, verbose=False,
                     checkpoint_name=str(tmp_path / "c"))
@@ -154,7 +205,7 @@ def test_load_checkpoint_of_another_model_fails(tmp_path):
         other.load_checkpoint(str(tmp_path / "c_epoch_1.npz"))
 
 
-def test_bad_arguments():
+def test_bad_arguments(backend):
     data = small_data()
     with pytest.raises(ValueError, match="unknown update rule 'nesterov'"):
         Solver(make_model(), data, update_rule="nesterov")
@@ -169,3 +220,79 @@ def test_bad_arguments():
         Solver(make_model(), bad)
     with pytest.raises(TypeError, match="unexpected keyword argument 'epochs'"):
         Solver(make_model(), data, epochs=3)
+    with pytest.raises(ValueError, match=r"config key 'lr' is not used by the update rule adam; "
+                                         r"adam takes the hyperparameters learning_rate"):
+        Solver(make_model(), data, update_rule="adam", optim_config={"lr": 1e-3})
+    with pytest.raises(TypeError, match="optim_config must be a dict or None, got float"):
+        Solver(make_model(), data, optim_config=1e-3)
+
+
+def test_labels_are_checked_once_when_the_solver_is_built(backend, monkeypatch):
+    data = small_data()
+    bad = dict(data, y_val=np.where(data["y_val"] == 2, 3, data["y_val"]))
+    with pytest.raises(ValueError, match=r"y_val holds labels outside \[0, 3\): min 0, max 3"):
+        Solver(make_model(), bad)
+    # The training steps then skip the check: no device-to-host copy per step.
+    from xdl import _checks
+    calls = []
+    original = _checks.check_labels
+
+    def counting(y, *args, **kwargs):
+        calls.append(_checks._labels_prechecked.get())
+        return original(y, *args, **kwargs)
+    monkeypatch.setattr("xdl.classifiers.base.check_labels", counting)
+    solver = Solver(make_model(), data, num_epochs=1, batch_size=20, verbose=False)
+    solver.train()
+    assert len(calls) == 3 and all(calls)
+
+
+def test_labels_checked_skips_only_the_values():
+    from xdl._checks import check_labels, labels_checked
+    y = np.array([0, 7, 1])
+    with labels_checked():
+        check_labels(y, 3, 2)  # values not checked
+        with pytest.raises(ValueError, match=r"y must have shape \(4,\)"):
+            check_labels(y, 4, 2)
+        with pytest.raises(TypeError, match="integer class labels"):
+            check_labels(y.astype(float), 3, 2)
+    with pytest.raises(ValueError, match=r"labels outside \[0, 2\): min 0, max 7"):
+        check_labels(y, 3, 2)
+
+
+def test_minibatches_follow_numpys_seed(backend):
+    def run():
+        np.random.seed(3)
+        solver = Solver(make_model(), small_data(), update_rule="sgd", num_epochs=1,
+                        batch_size=20, verbose=False)
+        solver.train()
+        return solver.loss_history, solver.train_acc_history
+    assert run() == run()
+
+
+def test_accuracy_subsample_is_drawn_where_the_data_is(backend):
+    data = small_data()
+    solver = Solver(make_model(), data, verbose=False)
+    np.random.seed(1)
+    a = solver.check_accuracy(data["X_train"], data["y_train"], num_samples=10)
+    np.random.seed(1)
+    X, y = backend.asarray(data["X_train"]), backend.asarray(data["y_train"])
+    assert solver.check_accuracy(X, y, num_samples=10) == a
+
+
+def test_gpu_training_set_is_copied_once_or_falls_back(gpu, monkeypatch, capsys):
+    data = small_data()
+    with xdl.use_backend("cuda"):
+        model = make_model()
+    copied = []
+    solver = Solver(model, data, num_epochs=1, batch_size=20, print_every=0)
+    original = solver._on_model_device
+    monkeypatch.setattr(solver, "_on_model_device",
+                        lambda X, y: copied.append(X.shape) or original(X, y))
+    solver.train()
+    assert copied == [(60, 12), (20, 12)]  # once each, not per step
+    assert solver._train_set[0] is solver.X_train  # the device copy is dropped after train()
+    # Not enough free memory: a notice, and the steps copy their minibatches.
+    monkeypatch.setattr("xdl.solver.device_free_bytes", lambda: 1000)
+    fallback = Solver(model, data, num_epochs=1, batch_size=20, print_every=0)
+    assert fallback._on_model_device(data["X_train"], data["y_train"])[0] is data["X_train"]
+    assert "do not fit in the GPU's free memory" in capsys.readouterr().out

@@ -4,8 +4,55 @@ Each check raises a ValueError/TypeError that names the argument and the
 shapes or values involved, instead of letting a broadcasting error surface
 deep inside numpy.
 """
+import contextlib
+import contextvars
 import math
 import numbers
+
+import numpy as np
+
+from xdl.backends import get_array_module, is_cupy_array
+
+# Set by labels_checked(): the caller validated every label once, on the host.
+_labels_prechecked = contextvars.ContextVar("xdl_labels_prechecked", default=False)
+
+
+@contextlib.contextmanager
+def labels_checked():
+    """
+    Within this block check_labels still checks dtype and shape but not the
+    label values: for callers that checked all their labels once, on the
+    host, before a loop (the Solver, LinearClassifier.train), so that a
+    training step on the GPU makes no device-to-host copy for the check.
+    """
+    token = _labels_prechecked.set(True)
+    try:
+        yield
+    finally:
+        _labels_prechecked.reset(token)
+
+
+def check_same_device(**arrays):
+    """
+    Arrays given by name must all live on one device: numpy and cupy arrays
+    never mix (nothing is copied across devices silently). Scalars and None
+    are ignored.
+
+    Raises TypeError naming a numpy and a cupy argument and their shapes.
+    """
+    on_cpu = on_gpu = None
+    for name, a in arrays.items():
+        if is_cupy_array(a):
+            on_gpu = on_gpu or name
+        elif isinstance(a, np.ndarray):
+            on_cpu = on_cpu or name
+        if on_cpu and on_gpu:
+            raise TypeError(
+                "mixed numpy and cupy arrays: %s is a numpy array of shape %s and %s a cupy "
+                "array of shape %s; move one side explicitly with xdl.asarray (to the "
+                "configured backend) or xdl.asnumpy (to the host)"
+                % (on_cpu, tuple(arrays[on_cpu].shape), on_gpu, tuple(arrays[on_gpu].shape)))
+
 
 def check_ndim(a, ndim, name, what=None):
     if not hasattr(a, "ndim") or a.ndim != ndim:
@@ -26,8 +73,9 @@ def check_float_array(a, name):
 def check_labels(y, num_samples, num_classes, name="y"):
     """
     Labels must be a 1-D integer array of length num_samples with every value
-    in [0, num_classes). Values are checked with one reduction (on the GPU for
-    cupy labels).
+    in [0, num_classes). The values of cupy labels are checked on the GPU and
+    their min and max copied back together (one synchronization), except
+    inside ``labels_checked()``, where the caller has checked them already.
     """
     if not hasattr(y, "dtype"):
         raise TypeError("%s must be an integer array, got %s" % (name, type(y).__name__))
@@ -37,9 +85,13 @@ def check_labels(y, num_samples, num_classes, name="y"):
     if y.ndim != 1 or y.shape[0] != num_samples:
         raise ValueError("%s must have shape (%d,) to match the %d samples, got %s"
                          % (name, num_samples, num_samples, y.shape))
-    if num_samples == 0:
+    if num_samples == 0 or _labels_prechecked.get():
         return
-    lo, hi = int(y.min()), int(y.max())
+    if isinstance(y, np.ndarray):
+        lo, hi = int(y.min()), int(y.max())
+    else:  # a cupy array: both extremes in one copy
+        xp = get_array_module(y)
+        lo, hi = (int(v) for v in xp.stack([y.min(), y.max()]).get())
     if lo < 0 or hi >= num_classes:
         raise ValueError("%s holds labels outside [0, %d): min %d, max %d"
                          % (name, num_classes, lo, hi))

@@ -26,6 +26,16 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 FOLDER = "cifar-10-batches-py"
 BATCH_FILES = ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch"]
 CLASSES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+IMAGES_PER_BATCH = 10000  # every official batch file holds 10000 images
+PIXELS = 3 * 32 * 32
+
+
+class CIFAR10Error(ValueError):
+    """A CIFAR-10 file or folder is damaged; the message names the file and the fix."""
+
+
+class DownloadError(ConnectionError):
+    """The CIFAR-10 archive could not be downloaded; the message says where to put a copy."""
 
 
 def default_data_dir():
@@ -46,8 +56,36 @@ def cifar10_folder(path=None):
 
 
 def is_complete(folder):
-    """True when folder holds all six CIFAR-10 batch files."""
+    """True when folder holds all six CIFAR-10 batch files (check_folder reads them)."""
     return all(os.path.isfile(os.path.join(folder, f)) for f in BATCH_FILES)
+
+
+def _download_command(folder):
+    """The command that replaces the cifar-10-batches-py folder `folder`."""
+    parent = os.path.dirname(os.path.abspath(folder))
+    default = os.path.abspath(default_data_dir())
+    return "python -m xdl.data_utils download --force" + (
+        "" if parent == default else " --dir %s" % parent)
+
+
+def check_folder(folder):
+    """
+    Read and validate every batch file in a cifar-10-batches-py folder.
+
+    Returns a list of (file name, problem) pairs, empty when the folder is
+    complete and every file is a valid batch.
+    """
+    problems = []
+    for name in BATCH_FILES:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            problems.append((name, "missing"))
+            continue
+        try:
+            _read_batch(path)
+        except (CIFAR10Error, OSError) as exc:
+            problems.append((name, getattr(exc, "problem", str(exc))))
+    return problems
 
 
 def _missing_error(folder):
@@ -75,21 +113,56 @@ class _BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_CIFAR_batch(filename, dtype=np.float64):
-    """
-    Load a single batch of CIFAR-10.
+def _damaged(filename, problem):
+    exc = CIFAR10Error("CIFAR-10 batch file %s is damaged (%s); replace the folder with `%s` "
+                       "(163 MB)" % (filename, problem,
+                                     _download_command(os.path.dirname(filename) or ".")))
+    exc.problem = problem
+    return exc
 
-    Returns a tuple of:
-    - X: array of shape (n, 32, 32, 3) with pixel values 0..255 in dtype
-    - y: int64 array of shape (n,)
+
+def _read_batch(filename):
+    """
+    Unpickle one batch file (through the restricted unpickler) and check it:
+    'data' is uint8 of shape (10000, 3072), 'labels' 10000 integers in [0, 10).
+    Returns (data, labels as int64); raises CIFAR10Error naming the file.
     """
     with open(filename, "rb") as f:
-        datadict = _BatchUnpickler(f, encoding="latin1").load()
-    data = np.asarray(datadict["data"], dtype=np.uint8)
-    labels = np.asarray(datadict["labels"], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-        raise ValueError("%s is not a CIFAR-10 batch: data %s, labels %s"
-                         % (filename, data.shape, labels.shape))
+        try:
+            datadict = _BatchUnpickler(f, encoding="latin1").load()
+        except Exception as exc:  # a damaged pickle raises many kinds of errors
+            raise _damaged(filename, "%s: %s" % (type(exc).__name__, exc)) from None
+    if not isinstance(datadict, dict) or "data" not in datadict or "labels" not in datadict:
+        raise _damaged(filename, "it holds no 'data' and 'labels'")
+    data = datadict["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or \
+            data.shape != (IMAGES_PER_BATCH, PIXELS):
+        raise _damaged(filename, "data is %s %s, expected uint8 of shape (%d, %d)"
+                       % (getattr(data, "dtype", type(data).__name__),
+                          getattr(data, "shape", ""), IMAGES_PER_BATCH, PIXELS))
+    try:
+        labels = np.asarray(datadict["labels"])
+    except Exception:
+        labels = np.zeros(0, dtype=object)
+    if labels.dtype.kind not in "iu" or labels.shape != (IMAGES_PER_BATCH,):
+        raise _damaged(filename, "labels are %s %s, expected %d integers"
+                       % (labels.dtype, labels.shape, IMAGES_PER_BATCH))
+    if labels.min() < 0 or labels.max() >= len(CLASSES):
+        raise _damaged(filename, "labels range over [%d, %d], expected [0, %d)"
+                       % (labels.min(), labels.max(), len(CLASSES)))
+    return data, labels.astype(np.int64)
+
+
+def load_CIFAR_batch(filename, dtype=np.float64):
+    """
+    Load a single batch of CIFAR-10, checking it (a damaged file raises
+    CIFAR10Error naming the file and how to replace it).
+
+    Returns a tuple of:
+    - X: array of shape (10000, 32, 32, 3) with pixel values 0..255 in dtype
+    - y: int64 array of shape (10000,)
+    """
+    data, labels = _read_batch(filename)
     X = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(dtype)
     return X, labels
 
@@ -233,15 +306,43 @@ def _safe_extract(archive, target):
             else tar.extractall(target)
 
 
+def _offline_advice(data_dir):
+    return ("without internet, put a copy of %s/ in %s yourself, or point XDL_DATA_DIR at a "
+            "folder holding one" % (FOLDER, os.path.abspath(data_dir)))
+
+
+def _swap_in(new, final):
+    """
+    Put folder `new` at `final`, replacing what is there: the old folder is
+    renamed aside, the new one renamed into place, then the old one removed
+    (restored if the second rename fails). Readers see the old or the new
+    folder, never a mix of their files.
+    """
+    if not os.path.exists(final):
+        os.replace(new, final)
+        return
+    aside = tempfile.mkdtemp(prefix=".%s-old-" % FOLDER, dir=os.path.dirname(final))
+    old = os.path.join(aside, FOLDER)
+    os.replace(final, old)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 def download_cifar10(data_dir=None, url=CIFAR10_URL, md5=CIFAR10_MD5, timeout=60,
-                     progress=True):
+                     progress=True, force=False):
     """
     Download the official CIFAR-10 "python version" archive, check its MD5,
     and extract it to ``<data_dir>/cifar-10-batches-py``.
 
-    Nothing is written into place until the checksum has passed and the
-    archive is extracted: a failed or corrupted download leaves no partial
-    folder behind (the partial archive is removed too).
+    Nothing is written into place until the checksum has passed, the archive
+    is extracted and every batch file is valid: a failed or corrupted
+    download leaves no partial folder behind (the partial archive is removed
+    too), and an existing folder is replaced in one rename.
 
     Inputs:
     - data_dir: folder to hold cifar-10-batches-py (default $XDL_DATA_DIR or
@@ -249,18 +350,29 @@ def download_cifar10(data_dir=None, url=CIFAR10_URL, md5=CIFAR10_MD5, timeout=60
     - url, md5: where to download from and the expected MD5 of the archive
     - timeout: seconds to wait for the server on each read
     - progress: print a progress line to stderr
+    - force: download even when the folder is there, and replace it (for a
+      damaged copy); without force a damaged folder raises CIFAR10Error
 
-    Returns the path of the cifar-10-batches-py folder.
+    Returns the path of the cifar-10-batches-py folder. Raises DownloadError
+    (a ConnectionError) when the archive cannot be downloaded.
     """
     data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
     final = os.path.join(data_dir, FOLDER)
-    if is_complete(final):
-        return final
+    if is_complete(final) and not force:
+        problems = check_folder(final)
+        if not problems:
+            return final
+        name, problem = problems[0]
+        raise _damaged(os.path.join(final, name), problem)
     os.makedirs(data_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix=".xdl-download-", dir=data_dir)
     try:
         archive = os.path.join(work, "cifar-10-python.tar.gz")
-        got = _fetch(url, archive, timeout, progress)
+        try:
+            got = _fetch(url, archive, timeout, progress)
+        except ConnectionError as exc:
+            raise DownloadError("CIFAR-10 download failed: %s; %s"
+                                % (exc, _offline_advice(data_dir))) from None
         if md5 is not None and got != md5:
             raise ValueError("MD5 mismatch for %s: expected %s, got %s; the download is "
                              "corrupted (it was deleted), please try again" % (url, md5, got))
@@ -268,33 +380,52 @@ def download_cifar10(data_dir=None, url=CIFAR10_URL, md5=CIFAR10_MD5, timeout=60
         os.mkdir(extracted)
         _safe_extract(archive, extracted)
         folder = os.path.join(extracted, FOLDER)
-        if not is_complete(folder):
-            raise ValueError("the archive from %s does not hold %s/ with %s"
-                             % (url, FOLDER, ", ".join(BATCH_FILES)))
-        if os.path.exists(final):  # an incomplete earlier copy: replace it
-            shutil.rmtree(final)
-        os.replace(folder, final)
+        problems = check_folder(folder)
+        if problems:
+            raise ValueError("the archive from %s does not hold a valid %s/: %s"
+                             % (url, FOLDER, "; ".join("%s: %s" % p for p in problems)))
+        _swap_in(folder, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m xdl.data_utils",
-                                     description="Get the CIFAR-10 data set for xdl.")
+    parser = argparse.ArgumentParser(
+        prog="python -m xdl.data_utils", description="Get the CIFAR-10 data set for xdl.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    dl = sub.add_parser("download", help="download and check the official archive")
-    dl.add_argument("--dir", default=None, help="data folder (default: %s)" % default_data_dir())
-    dl.add_argument("--url", default=CIFAR10_URL)
-    dl.add_argument("--md5", default=CIFAR10_MD5)
-    sub.add_parser("where", help="print the folder xdl reads CIFAR-10 from")
+    dl = sub.add_parser("download", help="Download the official archive, check it and "
+                                         "extract it.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    dl.add_argument("--dir", default=default_data_dir(),
+                    help="The folder to put %s/ in." % FOLDER)
+    dl.add_argument("--force", action="store_true",
+                    help="Download even if the folder is there, and replace it (use this for "
+                         "a damaged copy).")
+    dl.add_argument("--url", default=CIFAR10_URL, help="Where to download the archive from.")
+    dl.add_argument("--md5", default=CIFAR10_MD5, help="The archive's expected MD5.")
+    where = sub.add_parser("where", help="Print the folder xdl reads CIFAR-10 from and check "
+                                         "every file in it.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    where.add_argument("--dir", default=default_data_dir(),
+                       help="The folder holding %s/ (or that folder itself)." % FOLDER)
     args = parser.parse_args(argv)
     if args.command == "where":
-        folder = cifar10_folder()
-        print(folder, "(complete)" if is_complete(folder) else "(missing)")
-        return 0
+        folder = cifar10_folder(args.dir)
+        problems = check_folder(folder)
+        if not problems:
+            print(folder, "(complete: all %d batch files checked)" % len(BATCH_FILES))
+            return 0
+        if all(problem == "missing" for _, problem in problems):
+            print(folder, "(missing %s; get it with `python -m xdl.data_utils download`)"
+                  % ", ".join(name for name, _ in problems))
+        else:
+            print(folder, "(damaged: %s; replace it with `%s`)"
+                  % ("; ".join("%s: %s" % p for p in problems), _download_command(folder)))
+        return 1
     try:
-        folder = download_cifar10(args.dir, url=args.url, md5=args.md5)
+        folder = download_cifar10(args.dir, url=args.url, md5=args.md5, force=args.force)
     except (ConnectionError, ValueError) as exc:
         print("error:", exc, file=sys.stderr)
         return 1

@@ -9,8 +9,14 @@ column buffer alive between the passes. The pooling cache is
 ``(x, pool_param, argmax)``; the backward pass also accepts the naive
 layer's ``(x, pool_param)`` and then recomputes the argmax.
 """
-from xdl.backends import get_array_module, kernels_for
-from xdl._checks import check_float_array, check_param_shape, conv_geometry, pool_geometry
+from xdl.backends import kernels_for
+from xdl._checks import (
+    check_float_array,
+    check_param_shape,
+    check_same_device,
+    conv_geometry,
+    pool_geometry,
+)
 
 
 def _same_dtype(name, *arrays):
@@ -27,7 +33,7 @@ def conv_forward_fast(x, w, b, conv_param):
     Inputs / returns: as conv_forward_naive. x, w and b must share one
     floating dtype (float32 or float64); the output keeps it.
     """
-    get_array_module(x, w, b)
+    check_same_device(x=x, w=w, b=b)
     check_float_array(x, "x")
     _same_dtype("conv_forward_fast", x, w, b)
     stride, pad, out_h, out_w = conv_geometry(x, w, conv_param)
@@ -49,7 +55,7 @@ def conv_backward_fast(dout, cache, compute_dx=True):
     Returns a tuple of (dx, dw, db).
     """
     x, w, b, conv_param = cache
-    get_array_module(dout, x, w)
+    check_same_device(dout=dout, x=x, w=w)
     stride, pad, out_h, out_w = conv_geometry(x, w, conv_param)
     expected = (x.shape[0], w.shape[0], out_h, out_w)
     if dout.shape != expected:
@@ -92,7 +98,7 @@ def max_pool_backward_fast(dout, cache):
         argmax = None
     else:
         x, pool_param, argmax = cache
-    get_array_module(dout, x)
+    check_same_device(dout=dout, x=x)
     ph, pw, stride, out_h, out_w = pool_geometry(x, pool_param)
     expected = (x.shape[0], x.shape[1], out_h, out_w)
     if dout.shape != expected:

@@ -2,6 +2,16 @@
 forward/backward pair. Each forward returns (out, cache) and each backward
 returns the gradients of the chain's inputs, in argument order.
 """
+import numpy as np
+
+from xdl.backends import kernels_for
+from xdl._checks import (
+    check_float_array,
+    check_param_shape,
+    check_same_device,
+    conv_geometry,
+    pool_geometry,
+)
 from xdl.layers import (
     affine_backward,
     affine_forward,
@@ -191,6 +201,13 @@ def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
     """
     Convenience layer that performs a convolution, a ReLU, and a pool.
 
+    The three run as one operation of the arrays' device
+    (``conv_relu_pool_forward`` of ``xdl.backends``): on the CPU, one pass
+    per image that keeps the pre-pool activation in cache and never stores
+    it; on the GPU (and in the NumPy fallback), the convolution and pooling
+    kernels with the ReLU applied to the pooled values. Same results, to
+    rounding, as conv_forward_fast, relu_forward and max_pool_forward_fast.
+
     Inputs:
     - x: Input to the convolutional layer
     - w, b, conv_param: Weights and parameters for the convolutional layer
@@ -198,11 +215,21 @@ def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
 
     Returns a tuple of:
     - out: Output from the pooling layer
-    - cache: Object to give to the backward pass
+    - cache: Object to give to the backward pass: (x, w, b, conv_param,
+      pool_param, argmax), argmax being the window index of each pooled
+      maximum, -1 where the ReLU passes no gradient
     """
-    a, conv_cache = conv_forward_fast(x, w, b, conv_param)
-    out, relu_pool_cache = _relu_pool_forward(a, pool_param)
-    return out, (conv_cache, relu_pool_cache)
+    check_same_device(x=x, w=w, b=b)
+    check_float_array(x, "x")
+    if len({x.dtype, w.dtype, b.dtype}) != 1:
+        raise TypeError("conv_relu_pool_forward needs x, w and b of one dtype, got %s, %s, %s"
+                        % (x.dtype, w.dtype, b.dtype))
+    stride, pad, out_h, out_w = conv_geometry(x, w, conv_param)
+    check_param_shape(b, (w.shape[0],), "b", "one bias per filter of w %s" % (w.shape,))
+    pool = _pool_geometry_of(x.shape[0], w.shape[0], out_h, out_w, pool_param)
+    out, argmax = kernels_for(x).conv_relu_pool_forward(x, w, b, stride, pad, out_h, out_w,
+                                                        *pool)
+    return out, (x, w, b, conv_param, pool_param, argmax)
 
 
 def conv_relu_pool_backward(dout, cache, compute_dx=True):
@@ -210,9 +237,23 @@ def conv_relu_pool_backward(dout, cache, compute_dx=True):
     Backward pass for the conv-relu-pool convenience layer. Returns (dx, dw,
     db); dx is None when compute_dx is False (a network's first layer).
     """
-    conv_cache, relu_pool_cache = cache
-    da = _relu_pool_backward(dout, relu_pool_cache)
-    return conv_backward_fast(da, conv_cache, compute_dx=compute_dx)
+    x, w, b, conv_param, pool_param, argmax = cache
+    check_same_device(dout=dout, x=x, w=w)
+    stride, pad, out_h, out_w = conv_geometry(x, w, conv_param)
+    pool = _pool_geometry_of(x.shape[0], w.shape[0], out_h, out_w, pool_param)
+    expected = (x.shape[0], w.shape[0], pool[3], pool[4])
+    if dout.shape != expected:
+        raise ValueError("dout must have shape %s, got %s" % (expected, dout.shape))
+    if dout.dtype != x.dtype:
+        dout = dout.astype(x.dtype)  # as max_pool_backward_fast does
+    return kernels_for(x).conv_relu_pool_backward(dout, argmax, x, w, stride, pad, out_h, out_w,
+                                                  *pool, compute_dx=compute_dx)
+
+
+def _pool_geometry_of(N, F, out_h, out_w, pool_param):
+    """pool_geometry of the (N, F, out_h, out_w) convolution output (which is never made)."""
+    shape_only = np.broadcast_to(np.zeros((), dtype=np.float32), (N, F, out_h, out_w))
+    return pool_geometry(shape_only, pool_param)
 
 
 def conv_bn_relu_pool_forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):

@@ -9,13 +9,15 @@ layers in ``xdl.fast_layers`` are tested against; they run on the host only.
 """
 import numpy as np
 
-from xdl.backends import get_array_module, is_cupy_array
+from xdl import _rng
+from xdl.backends import get_array_module, is_cupy_array, kernels_for
 from xdl._checks import (
     check_float_array,
     check_labels,
     check_mode,
     check_ndim,
     check_param_shape,
+    check_same_device,
     conv_geometry,
     pool_geometry,
 )
@@ -26,11 +28,8 @@ from xdl._checks import (
 
 
 def _matmul(a, b):
-    """a @ b; large products of numpy arrays go through xdl.backends.cpu.matmul."""
-    if is_cupy_array(a):
-        return a @ b
-    from xdl.backends import cpu  # here: importing xdl.layers loads no extension
-    return cpu.matmul(a, b)
+    """a @ b on the arrays' device (on the CPU, large products run on the kernels' threads)."""
+    return kernels_for(a, b).matmul(a, b)
 
 
 def affine_forward(x, w, b):
@@ -50,7 +49,7 @@ def affine_forward(x, w, b):
     - out: output, of shape (N, M)
     - cache: (x, w, b)
     """
-    get_array_module(x, w, b)
+    check_same_device(x=x, w=w, b=b)
     check_ndim(w, 2, "w", "(D, M)")
     N = x.shape[0]
     D = int(np.prod(x.shape[1:]))
@@ -157,26 +156,18 @@ def softmax_loss(x, y):
     - loss: Scalar giving the loss
     - dx: Gradient of the loss with respect to x
     """
-    get_array_module(x, y)
+    check_same_device(x=x, y=y)
     _check_scores(x, y)
     return _softmax_loss(x, y)
 
 
 def _softmax_loss(x, y):
-    """softmax_loss without the input checks, for models that checked y on the host."""
-    if is_cupy_array(x):
-        # One fused kernel on the GPU instead of about fifteen launches.
-        from xdl.backends import cuda
-        return cuda.softmax_loss(x, y)
-    xp = get_array_module(x)
-    N = x.shape[0]
-    rows = xp.arange(N)
-    log_probs = log_softmax(x)
-    loss = -log_probs[rows, y].sum() / N
-    dx = xp.exp(log_probs)
-    dx[rows, y] -= 1
-    dx /= N
-    return loss, dx
+    """
+    softmax_loss without the label checks, for models that checked y on the
+    host: the device's softmax loss (one fused kernel on the GPU, the
+    log-softmax formula on the CPU).
+    """
+    return kernels_for(x, y).softmax_loss(x, y)
 
 
 def svm_loss(x, y):
@@ -224,6 +215,23 @@ def _dropout_settings(dropout_param):
     return float(p), check_mode(dropout_param, "dropout_param")
 
 
+def _dropout_uniform(xp, shape, seed):
+    """
+    Uniform numbers in [0, 1) for a dropout mask, made where x lives.
+
+    - numpy: NumPy's global generator, or np.random.RandomState(seed); the
+      notebooks' reference values (the train-time means, the initial losses
+      of the seeded FullyConnectedNet) depend on exactly these draws.
+    - cupy: the counter-based generator of xdl._rng run on the device, from
+      seed or from a seed drawn from NumPy's global generator: no host array
+      is copied to the GPU per step.
+    """
+    if xp is np:
+        rng = np.random if seed is None else np.random.RandomState(seed)
+        return rng.rand(*shape)
+    return _rng.uniform(xp, shape, _rng.new_seed() if seed is None else seed)
+
+
 def dropout_forward(x, dropout_param):
     """
     Performs the forward pass for (inverted) dropout.
@@ -237,9 +245,10 @@ def dropout_forward(x, dropout_param):
       - seed: Seed for the random number generator. Passing seed makes this
         function deterministic, which is needed for gradient checking.
 
-    The mask is drawn with NumPy on the host (from the global generator, or a
-    private one seeded with ``seed``) and then moved to x's device, so a seed
-    gives the same mask on every backend.
+    The mask comes from _dropout_uniform: NumPy's generators on the host (as
+    in the notebooks), a counter-based generator on the GPU. A seed, or
+    np.random.seed, makes masks reproducible on each backend; the masks of
+    the two backends differ.
 
     Outputs:
     - out: Array of the same shape as x.
@@ -251,10 +260,8 @@ def dropout_forward(x, dropout_param):
     p, mode = _dropout_settings(dropout_param)
     mask = None
     if mode == "train":
-        seed = dropout_param.get("seed")
-        rng = np.random if seed is None else np.random.RandomState(seed)
-        host_mask = (rng.rand(*x.shape) < p) / p
-        mask = xp.asarray(host_mask, dtype=x.dtype)
+        keep = _dropout_uniform(xp, x.shape, dropout_param.get("seed")) < p
+        mask = xp.where(keep, x.dtype.type(1 / p), x.dtype.type(0))
         out = x * mask
     else:
         out = x
@@ -455,7 +462,7 @@ def layernorm_forward(x, gamma, beta, ln_param):
     - out: of shape (N, D)
     - cache: A tuple of values needed in the backward pass
     """
-    get_array_module(x, gamma, beta)
+    check_same_device(x=x, gamma=gamma, beta=beta)
     check_ndim(x, 2, "x", "(N, D)")
     check_float_array(x, "x")
     D = x.shape[1]
@@ -555,7 +562,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     - out: Output data, of shape (N, C, H, W)
     - cache: Values needed for the backward pass
     """
-    get_array_module(x, gamma, beta)
+    check_same_device(x=x, gamma=gamma, beta=beta)
     check_ndim(x, 4, "x", "(N, C, H, W)")
     check_float_array(x, "x")
     N, C, H, W = x.shape

@@ -18,77 +18,149 @@ Returns:
   - config: The config dictionary to be passed to the next iteration of the
     update rule.
 
-Rules work on numpy and cupy arrays; their state (velocity, caches, moments)
-is created on w's device with w's dtype. On the CPU the state arrays in
-``config`` are updated in place and each step allocates one new array
-(next_w); w and dw are never modified. Each rule runs as one fused kernel
-where one applies: on the GPU (``xdl.backends.cuda``) one launch instead of
-one per array operation; on the CPU, for C-contiguous float32/float64
-arrays, one multithreaded pass of the compiled kernels
-(``xdl.backends._cpu_kernels``) instead of about a dozen passes. The
-formulas below are the reference and the fallback (other dtypes, strided
-state, extension not built); the fused kernels do the same operations in
-the same order. ``get_update_rule(name)`` looks a rule up by name for the
-Solver.
+Every rule does three things: read its hyperparameters from config (the
+defaults of RULES filled in), fetch its state from config (made on w's
+device with w's dtype on the first step), and call the rule of the same
+name on w's device (``xdl.backends.kernels_for``): one fused kernel where
+one applies, else the NumPy formula of ``xdl.backends.numpy_kernels``. The
+state arrays in config are updated in place; each step allocates one new
+array, next_w; w and dw are never modified. A config key that is neither a
+hyperparameter nor a state of the rule raises ValueError, listing the keys
+the rule takes. ``get_update_rule(name)`` looks a rule up by name for the
+Solver; xdl/DESIGN.md ("Update rules") shows how to add one.
 """
+import difflib
 import math
 import numbers
+from typing import NamedTuple
 
-import numpy as np
+from xdl.backends import get_array_module, kernels_for
+from xdl._checks import check_same_device
 
-from xdl.backends import get_array_module, is_cupy_array
+
+class Hyper(NamedTuple):
+    """A hyperparameter: its config key, default and allowed range."""
+    name: str
+    default: float
+    lo: float = 0.0
+    hi: float = math.inf
+    hi_open: bool = False  # the range excludes hi
 
 
-def _check(w, dw, config):
-    get_array_module(w, dw)
+class Rule(NamedTuple):
+    """What an update rule keeps in its config dict."""
+    hyperparameters: tuple  # Hyper entries, in the order the rule reads them
+    state: tuple = ()       # keys of the state the rule keeps between steps
+
+    def keys(self):
+        return tuple(h.name for h in self.hyperparameters) + self.state
+
+
+def _learning_rate(default):
+    return Hyper("learning_rate", default)
+
+
+EPSILON = Hyper("epsilon", 1e-8)
+BETA1 = Hyper("beta1", 0.9, hi=1.0, hi_open=True)
+BETA2 = Hyper("beta2", 0.999, hi=1.0, hi_open=True)
+
+# The rule table: hyperparameters (with defaults and ranges) and state keys.
+RULES = {
+    "sgd": Rule((_learning_rate(1e-2),)),
+    "sgd_momentum": Rule((_learning_rate(1e-2), Hyper("momentum", 0.9, hi=1.0)), ("velocity",)),
+    "rmsprop": Rule((_learning_rate(1e-2), Hyper("decay_rate", 0.99, hi=1.0), EPSILON),
+                    ("cache",)),
+    "adam": Rule((_learning_rate(1e-3), BETA1, BETA2, EPSILON), ("m", "v", "t")),
+    "adamw": Rule((_learning_rate(1e-3), BETA1, BETA2, EPSILON, Hyper("weight_decay", 1e-2)),
+                  ("m", "v", "t")),
+}
+
+
+def check_config(rule, config):
+    """
+    Check that every key of config is one the update rule named `rule` takes
+    (a hyperparameter or a state of RULES[rule]); the Solver can call it
+    before training starts.
+
+    Raises ValueError naming the key, the closest known key, and the keys
+    the rule takes; TypeError when config is not a dict.
+    """
+    if not isinstance(config, dict):
+        raise TypeError("config must be a dict or None, got %s" % type(config).__name__)
+    known = RULES[rule].keys()
+    for key in config:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            raise ValueError("config key %r is not used by the update rule %s%s; %s"
+                             % (key, rule, " (did you mean %r?)" % close[0] if close else "",
+                                _describe(rule)))
+
+
+def _config(rule, w, dw, config):
+    """Check w, dw and the config's keys; return the config dict (a new one for None)."""
+    check_same_device(w=w, dw=dw)
     if w.shape != dw.shape:
         raise ValueError("dw has shape %s but w has shape %s" % (dw.shape, w.shape))
     if config is None:
-        config = {}
-    elif not isinstance(config, dict):
-        raise TypeError("config must be a dict or None, got %s" % type(config).__name__)
+        return {}
+    check_config(rule, config)
     return config
 
 
-def _hyper(config, name, default, lo=0.0, hi=math.inf, hi_open=False):
-    """Read a hyperparameter (setting its default) and check its range."""
-    v = config.setdefault(name, default)
-    ok = isinstance(v, numbers.Real) and math.isfinite(v) and v >= lo and (
-        v < hi if hi_open else v <= hi)
-    if not ok:
-        raise ValueError("config['%s'] must be a finite number in [%g, %g%s, got %r"
-                         % (name, lo, hi, ")" if hi_open else "]", v))
-    return float(v)
+def _describe(rule):
+    """'adam takes the hyperparameters ... and keeps its state in ...'."""
+    hyper = [h.name for h in RULES[rule].hyperparameters]
+    state = RULES[rule].state
+    return "%s takes the hyperparameter%s %s and %s" % (
+        rule, "s" if len(hyper) > 1 else "", ", ".join(hyper),
+        "keeps its state in %s" % ", ".join(state) if state else "keeps no state")
 
 
-def _state(config, name, w):
-    xp = get_array_module(w)
-    s = config.get(name)
-    if s is None:
-        s = xp.zeros_like(w)
-        config[name] = s
-    elif s.shape != w.shape:
-        raise ValueError("config['%s'] has shape %s but w has shape %s" % (name, s.shape, w.shape))
-    return s
+def _hyperparameters(rule, config):
+    """The rule's hyperparameters from config, defaults set there, ranges checked."""
+    values = []
+    for h in RULES[rule].hyperparameters:
+        v = config.setdefault(h.name, h.default)
+        ok = isinstance(v, numbers.Real) and math.isfinite(v) and v >= h.lo and (
+            v < h.hi if h.hi_open else v <= h.hi)
+        if not ok:
+            raise ValueError("config['%s'] must be a finite number in [%g, %g%s, got %r"
+                             % (h.name, h.lo, h.hi, ")" if h.hi_open else "]", v))
+        values.append(float(v))
+    return values
 
 
-def _fused_kernels(w, *arrays):
+def _state(config, w, *names):
+    """The named state arrays from config; zeros like w (C-contiguous) on the first step."""
+    arrays = []
+    for name in names:
+        s = config.get(name)
+        if s is None:
+            s = config[name] = get_array_module(w).zeros(w.shape, dtype=w.dtype)
+        elif getattr(s, "shape", None) != w.shape:
+            raise ValueError("config['%s'] has shape %s but w has shape %s"
+                             % (name, getattr(s, "shape", type(s).__name__), w.shape))
+        arrays.append(s)
+    return arrays
+
+
+def _steps_taken(config):
+    """config['t'], the steps taken so far (0 before the first)."""
+    t = config.get("t", 0)
+    if not isinstance(t, numbers.Integral) or isinstance(t, bool) or t < 0:
+        raise ValueError("config['t'] (the steps taken) must be an integer >= 0, got %r" % (t,))
+    return int(t)
+
+
+def _adam_bias_correction(lr, beta1, beta2, eps, t):
     """
-    The fused update kernels for w's device, or None (the NumPy formulas run):
-    - the GPU kernels (xdl.backends.cuda; they return new state arrays) when
-      w is a float32/float64 cupy array and every other array shares its dtype;
-    - the compiled CPU kernels (they update the state in place) when w and
-      the others are C-contiguous numpy arrays of one float32/float64 dtype.
+    Adam's bias-corrected step, folded into two scalars: with
+    step = lr * sqrt(1 - beta2**t) / (1 - beta1**t) and
+    eps_hat = eps * sqrt(1 - beta2**t),
+    step * m / (sqrt(v) + eps_hat) == lr * mhat / (sqrt(vhat) + eps).
     """
-    if not is_cupy_array(w):
-        from xdl.backends import cpu  # here: importing xdl.optim loads no extension
-        return cpu.fused_kernels(w, *arrays)
-    if w.dtype not in (np.float32, np.float64):
-        return None
-    if any(a.dtype != w.dtype for a in arrays):
-        return None
-    from xdl.backends import cuda
-    return cuda
+    root = math.sqrt(1 - beta2 ** t)
+    return lr * root / (1 - beta1 ** t), eps * root
 
 
 def sgd(w, dw, config=None):
@@ -98,12 +170,10 @@ def sgd(w, dw, config=None):
     config format:
     - learning_rate: Scalar learning rate.
     """
-    config = _check(w, dw, config)
-    lr = _hyper(config, "learning_rate", 1e-2)
-    fused = _fused_kernels(w, dw)
-    if fused is not None:
-        return fused.sgd(w, dw, lr), config
-    return w - lr * dw, config
+    config = _config("sgd", w, dw, config)
+    lr, = _hyperparameters("sgd", config)
+    next_w = kernels_for(w, dw).sgd(w, dw, lr)
+    return next_w, config
 
 
 def sgd_momentum(w, dw, config=None):
@@ -117,18 +187,10 @@ def sgd_momentum(w, dw, config=None):
     - velocity: An array of the same shape as w and dw used to store a
       moving average of the gradients.
     """
-    config = _check(w, dw, config)
-    lr = _hyper(config, "learning_rate", 1e-2)
-    mu = _hyper(config, "momentum", 0.9, hi=1.0)
-    v = _state(config, "velocity", w)
-    fused = _fused_kernels(w, dw, v)
-    if fused is not None:
-        next_w, v = fused.sgd_momentum(w, dw, v, lr, mu)
-    else:
-        v *= mu  # state updated in place: no page faults on fresh buffers
-        v -= lr * dw
-        next_w = w + v
-    config["velocity"] = v
+    config = _config("sgd_momentum", w, dw, config)
+    lr, mu = _hyperparameters("sgd_momentum", config)
+    v, = _state(config, w, "velocity")
+    next_w, _ = kernels_for(w, dw, v).sgd_momentum(w, dw, v, lr, mu)
     return next_w, config
 
 
@@ -144,27 +206,10 @@ def rmsprop(w, dw, config=None):
     - epsilon: Small scalar used for smoothing to avoid dividing by zero.
     - cache: Moving average of second moments of gradients.
     """
-    config = _check(w, dw, config)
-    xp = get_array_module(w)
-    lr = _hyper(config, "learning_rate", 1e-2)
-    decay = _hyper(config, "decay_rate", 0.99, hi=1.0)
-    eps = _hyper(config, "epsilon", 1e-8)
-    cache = _state(config, "cache", w)
-    fused = _fused_kernels(w, dw, cache)
-    if fused is not None:
-        next_w, cache = fused.rmsprop(w, dw, cache, lr, decay, eps)
-    else:
-        tmp = dw * dw  # the one new buffer of the step; it becomes next_w
-        tmp *= 1 - decay
-        cache *= decay
-        cache += tmp
-        xp.sqrt(cache, out=tmp)
-        tmp += eps
-        xp.divide(dw, tmp, out=tmp)
-        tmp *= -lr
-        tmp += w
-        next_w = tmp
-    config["cache"] = cache
+    config = _config("rmsprop", w, dw, config)
+    lr, decay, eps = _hyperparameters("rmsprop", config)
+    cache, = _state(config, w, "cache")
+    next_w, _ = kernels_for(w, dw, cache).rmsprop(w, dw, cache, lr, decay, eps)
     return next_w, config
 
 
@@ -182,36 +227,37 @@ def adam(w, dw, config=None):
     - v: Moving average of squared gradient.
     - t: Iteration number.
     """
-    config = _check(w, dw, config)
-    xp = get_array_module(w)
-    lr = _hyper(config, "learning_rate", 1e-3)
-    beta1 = _hyper(config, "beta1", 0.9, hi=1.0, hi_open=True)
-    beta2 = _hyper(config, "beta2", 0.999, hi=1.0, hi_open=True)
-    eps = _hyper(config, "epsilon", 1e-8)
-    m = _state(config, "m", w)
-    v = _state(config, "v", w)
-    t = config.get("t", 0) + 1
-    # Bias correction, folded into the step size.
-    step = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
-    eps_hat = eps * math.sqrt(1 - beta2 ** t)
-    fused = _fused_kernels(w, dw, m, v)
-    if fused is not None:
-        next_w, m, v = fused.adam(w, dw, m, v, beta1, beta2, step, eps_hat)
-    else:
-        tmp = (1 - beta1) * dw  # the one new buffer of the step; it becomes next_w
-        m *= beta1
-        m += tmp
-        xp.multiply(dw, dw, out=tmp)
-        tmp *= 1 - beta2
-        v *= beta2
-        v += tmp
-        xp.sqrt(v, out=tmp)
-        tmp += eps_hat
-        xp.divide(m, tmp, out=tmp)
-        tmp *= -step
-        tmp += w
-        next_w = tmp
-    config.update(m=m, v=v, t=t)
+    config = _config("adam", w, dw, config)
+    lr, beta1, beta2, eps = _hyperparameters("adam", config)
+    m, v = _state(config, w, "m", "v")
+    t = _steps_taken(config) + 1
+    step, eps_hat = _adam_bias_correction(lr, beta1, beta2, eps, t)
+    next_w, _, _ = kernels_for(w, dw, m, v).adam(w, dw, m, v, beta1, beta2, step, eps_hat)
+    config["t"] = t
+    return next_w, config
+
+
+def adamw(w, dw, config=None):
+    """
+    Uses the AdamW update rule (Loshchilov and Hutter, "Decoupled Weight
+    Decay Regularization"), as torch.optim.AdamW: Adam whose weight decay
+    shrinks the weights directly, w -= learning_rate * weight_decay * w,
+    instead of entering the gradient (and so the moments) as an L2 term
+    does.
+
+    config format:
+    - learning_rate, beta1, beta2, epsilon, m, v, t: as for adam.
+    - weight_decay: Decoupled weight decay; 0 gives adam.
+    """
+    config = _config("adamw", w, dw, config)
+    lr, beta1, beta2, eps, weight_decay = _hyperparameters("adamw", config)
+    m, v = _state(config, w, "m", "v")
+    t = _steps_taken(config) + 1
+    step, eps_hat = _adam_bias_correction(lr, beta1, beta2, eps, t)
+    shrink = 1 - lr * weight_decay
+    next_w, _, _ = kernels_for(w, dw, m, v).adamw(w, dw, m, v, beta1, beta2, step, eps_hat,
+                                                  shrink)
+    config["t"] = t
     return next_w, config
 
 
@@ -220,6 +266,7 @@ UPDATE_RULES = {
     "sgd_momentum": sgd_momentum,
     "rmsprop": rmsprop,
     "adam": adam,
+    "adamw": adamw,
 }
 
 

@@ -6,15 +6,19 @@ The data set stays on the host; each minibatch is moved to the model's
 device by ``model.loss``. Histories hold plain Python floats, so they plot
 and pickle on any backend.
 """
+import contextlib
 import math
 import numbers
+import sys
+import time
 import warnings
 
 import numpy as np
 
-from xdl import optim, serialization
-from xdl.backends import asarray_like, asnumpy, get_array_module, is_cupy_array
-from xdl._checks import check_nonneg_int, check_positive_int
+from xdl import _rng, optim, serialization
+from xdl.backends import (asarray_like, device_free_bytes, get_array_module, host_floats,
+                          is_cupy_array)
+from xdl._checks import check_labels, check_nonneg_int, check_positive_int, labels_checked
 
 
 class TrainingStopped(UserWarning):
@@ -125,6 +129,14 @@ class Solver:
           accuracy; default is None, which uses the entire validation set.
         - checkpoint_name: If not None, then save model checkpoints here every
           epoch (file '<checkpoint_name>_epoch_<e>.npz', written atomically).
+
+        Minibatch indices (and the subsamples of the accuracy checks) are
+        drawn where the data lives by xdl._rng's counter-based generator,
+        seeded from NumPy's global generator: np.random.seed fixes them, and
+        they are the same on every backend. When the model is on the GPU,
+        train() copies the training and validation sets there once (when
+        they fit in half of the free GPU memory) and checks accuracy in
+        batches of ``device_batch_size``.
         """
         self.model = model
         for key in ("X_train", "y_train", "X_val", "y_val"):
@@ -133,11 +145,25 @@ class Solver:
                                  % key)
         self.X_train, self.y_train = data["X_train"], self._host_labels(data, "train")
         self.X_val, self.y_val = data["X_val"], self._host_labels(data, "val")
+        # Label values are checked here, once; the training steps then skip
+        # the check (on the GPU it would copy back to the host every step).
+        # A model that does not say its num_classes keeps its own checks.
+        num_classes = getattr(model, "num_classes", None)
+        self._labels_prechecked = isinstance(num_classes, numbers.Integral)
+        if self._labels_prechecked:
+            for split, y in (("train", self.y_train), ("val", self.y_val)):
+                check_labels(y, y.shape[0], int(num_classes), "y_" + split)
 
         self.update_rule_name = update_rule if isinstance(update_rule, str) else \
             getattr(update_rule, "__name__", repr(update_rule))
         self.update_rule = optim.get_update_rule(update_rule)
+        if optim_config is not None and not isinstance(optim_config, dict):
+            raise TypeError("optim_config must be a dict or None, got %s"
+                            % type(optim_config).__name__)
         self.optim_config = dict(optim_config or {})
+        rule_name = next((k for k, f in optim.UPDATE_RULES.items() if f is self.update_rule), None)
+        if rule_name in optim.RULES:  # a misspelled key fails here, not at the first step
+            optim.check_config(rule_name, self.optim_config)
         if not (isinstance(lr_decay, numbers.Real) and lr_decay > 0):
             raise ValueError("lr_decay must be a number > 0, got %r" % (lr_decay,))
         self.lr_decay = float(lr_decay)
@@ -179,6 +205,9 @@ class Solver:
         self.train_acc_history = []
         self.val_acc_history = []
         self.stopped = None  # (iteration, loss) when training stopped on a bad loss
+        self._train_set = (self.X_train, self.y_train)  # train() moves it to the model's device
+        self.step_time = 0.0  # seconds in training steps during the last train() call
+        self.steps_taken = 0
         self._pending_losses = []
 
         # Make a deep copy of the optim_config for each parameter
@@ -191,12 +220,14 @@ class Solver:
         Make a single gradient update. This is called by train() and should not
         be called manually.
         """
-        num_train = self.X_train.shape[0]
-        batch_mask = np.random.choice(num_train, self.batch_size)
-        X_batch = self.X_train[batch_mask]
-        y_batch = self.y_train[batch_mask]
+        X_train, y_train = self._train_set
+        batch_mask = _rng.integers(get_array_module(X_train), self.batch_size,
+                                   X_train.shape[0], _rng.new_seed())
+        X_batch = X_train[batch_mask]
+        y_batch = y_train[batch_mask]
 
-        loss, grads = self.model.loss(X_batch, y_batch)
+        with labels_checked() if self._labels_prechecked else contextlib.nullcontext():
+            loss, grads = self.model.loss(X_batch, y_batch)
         self._pending_losses.append(loss)
 
         for p, w in self.model.params.items():
@@ -212,11 +243,7 @@ class Solver:
         """
         bad = None
         pending, self._pending_losses = self._pending_losses, []
-        if pending and is_cupy_array(pending[0]):
-            xp = get_array_module(pending[0])
-            values = asnumpy(xp.stack([xp.asarray(v) for v in pending])).tolist()
-        else:
-            values = [float(v) for v in pending]
+        values = host_floats(pending)
         first = len(self.loss_history)
         for i, v in enumerate(values):
             if bad is None and not math.isfinite(v):
@@ -244,7 +271,7 @@ class Solver:
         """
         N = X.shape[0]
         if num_samples is not None and N > num_samples:
-            mask = np.random.choice(N, num_samples)
+            mask = _rng.integers(get_array_module(X), num_samples, N, _rng.new_seed())
             N = num_samples
             X = X[mask]
             y = y[mask]
@@ -263,15 +290,14 @@ class Solver:
 
     # -- checkpoints -------------------------------------------------------------
 
-    def _model_running_stats(self):
-        dicts = getattr(self.model, "bn_params", None) or []
-        return [{k: v for k, v in d.items() if k in ("running_mean", "running_var")}
-                for d in dicts]
-
     def checkpoint_state(self):
-        """Everything needed to resume training, as a nested dict of arrays and values."""
+        """
+        Everything needed to resume training, as a nested dict of arrays and
+        values: the model's ``state()`` under 'params', the update rules'
+        state under 'optim_configs/<param>/...', the best parameters, the
+        histories and NumPy's random state.
+        """
         return {
-            "model": type(self.model).__name__,
             "update_rule": self.update_rule_name,
             "lr_decay": self.lr_decay,
             "batch_size": self.batch_size,
@@ -279,8 +305,7 @@ class Solver:
             "num_val_samples": self.num_val_samples,
             "epoch": self.epoch,
             "iteration": self.iteration,
-            "params": self.model.params,
-            "running_stats": self._model_running_stats(),
+            "params": self.model.state(),
             "optim_configs": self.optim_configs,
             "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch,
@@ -288,8 +313,12 @@ class Solver:
             "loss_history": self.loss_history,
             "train_acc_history": self.train_acc_history,
             "val_acc_history": self.val_acc_history,
-            "rng_state": _rng_state_to_list(np.random.get_state()),
+            "rng_state": _rng_state_to_dict(np.random.get_state()),
         }
+
+    def _checkpoint_info(self):
+        return {"model": type(self.model).__name__, "epoch": self.epoch,
+                "iteration": self.iteration}
 
     def _save_checkpoint(self):
         if self.checkpoint_name is None:
@@ -297,7 +326,8 @@ class Solver:
         filename = "%s_epoch_%d.npz" % (self.checkpoint_name, self.epoch)
         if self.verbose:
             print('Saving checkpoint to "%s"' % filename)
-        serialization.save_state(filename, self.checkpoint_state())
+        serialization.save_state(filename, self.checkpoint_state(), kind="checkpoint",
+                                 info=self._checkpoint_info())
         return filename
 
     def load_checkpoint(self, filename):
@@ -307,31 +337,24 @@ class Solver:
         ``checkpoint_name`` option. A later ``train()`` continues where the
         checkpoint was taken, up to ``num_epochs``.
         """
-        state = serialization.load_state(filename)
-        if state.get("model") != type(self.model).__name__:
+        saved = serialization.load_file(filename, kind="checkpoint",
+                                        loader="Solver.load_checkpoint")
+        model_name = type(self.model).__name__
+        if saved.info.get("model") != model_name:
             raise ValueError("%s is a checkpoint of a %s, not of a %s"
-                             % (filename, state.get("model"), type(self.model).__name__))
-        if set(state["params"]) != set(self.model.params):
-            raise ValueError("checkpoint %s has parameters %s but the model has %s"
-                             % (filename, sorted(state["params"]), sorted(self.model.params)))
-        for k, v in state["params"].items():
-            if v.shape != self.model.params[k].shape:
-                raise ValueError("checkpoint parameter %s has shape %s, the model's has %s"
-                                 % (k, v.shape, self.model.params[k].shape))
+                             % (filename, saved.info.get("model"), model_name))
+        state = saved.state
+        # The model checks names and shapes and moves its arrays to its device.
+        self.model.load_state(state["params"], source=filename)
         like = next(iter(self.model.params.values()))
-        dtype = like.dtype
 
         def to_model(tree):
             if isinstance(tree, dict):
                 return {k: to_model(v) for k, v in tree.items()}
             if isinstance(tree, np.ndarray) and tree.dtype.kind == "f":
-                return asarray_like(tree, like, dtype=dtype)
+                return asarray_like(tree, like, dtype=like.dtype)
             return tree
 
-        self.model.params = to_model(state["params"])
-        for d, saved in zip(getattr(self.model, "bn_params", None) or [],
-                            state["running_stats"]):
-            d.update(to_model(saved))
         self.optim_configs = to_model(state["optim_configs"])
         self.best_params = to_model(state["best_params"])
         self.best_val_acc = state["best_val_acc"]
@@ -342,9 +365,31 @@ class Solver:
         self.train_acc_history = list(state["train_acc_history"])
         self.val_acc_history = list(state["val_acc_history"])
         self._pending_losses = []
-        np.random.set_state(_rng_state_from_list(state["rng_state"]))
+        np.random.set_state(_rng_state_from_dict(state["rng_state"]))
 
     # -- training ----------------------------------------------------------------
+
+    #: Batch size of the accuracy checks when the model is on the GPU.
+    device_batch_size = 2000
+
+    def _on_model_device(self, X, y):
+        """
+        (X, y) on the model's device, X in the model's dtype: copied once when
+        it fits in half of the free GPU memory, else (X, y) as they are, with a
+        one-line notice (each minibatch is then copied when it is used).
+        """
+        ref = next(iter(self.model.params.values()))
+        if is_cupy_array(X):
+            return X.astype(ref.dtype, copy=False), asarray_like(y, ref)
+        nbytes = X.size * ref.dtype.itemsize + y.size * 8
+        free = device_free_bytes()
+        if nbytes > free // 2:
+            if self.verbose:
+                print("note: the %d samples (%.0f MB) do not fit in the GPU's free memory "
+                      "(%.0f MB): each minibatch is copied from the host"
+                      % (X.shape[0], nbytes / 1e6, free / 1e6))
+            return X, y
+        return asarray_like(X, ref, dtype=ref.dtype), asarray_like(y, ref)
 
     def _snapshot_params(self):
         return {k: v.copy() for k, v in self.model.params.items()}
@@ -364,34 +409,76 @@ class Solver:
         if self.verbose:
             print(msg)
 
+    def _progress(self, message):
+        """
+        A progress line, on stderr so that stdout keeps exactly the notebooks'
+        (Iteration ...) and (Epoch ...) lines.
+        """
+        if self.verbose:
+            sys.stdout.flush()  # keep the two streams in order in a log file
+            print("[%s]" % message, file=sys.stderr, flush=True)
+
+    def _check_accuracies(self, val_set, batch_size):
+        """Training and validation accuracy; the sets are where train() put them."""
+        if self.num_train_samples is None:  # the full pass over the training set
+            self._progress("checking the accuracy on all %d training images"
+                           % self.X_train.shape[0])
+        train_acc = self.check_accuracy(*self._train_set, num_samples=self.num_train_samples,
+                                        batch_size=batch_size)
+        val_acc = self.check_accuracy(*val_set, num_samples=self.num_val_samples,
+                                      batch_size=batch_size)
+        return train_acc, val_acc
+
     def train(self):
         """
         Run optimization to train the model. Stops early, restoring the best
         parameters, if the loss becomes NaN or infinite (see ``self.stopped``).
+
+        With verbose, prints the notebooks' lines on stdout and, on stderr,
+        each epoch's time with an estimate of the time left. Afterwards
+        ``self.step_time`` holds the seconds this call spent in training steps
+        (forward, backward, update; not the accuracy checks or checkpoints)
+        and ``self.steps_taken`` the number of those steps.
         """
         num_train = self.X_train.shape[0]
         iterations_per_epoch = max(num_train // self.batch_size, 1)
         num_iterations = self.num_epochs * iterations_per_epoch
         on_gpu = is_cupy_array(next(iter(self.model.params.values()), None))
+        if on_gpu:
+            self._train_set = self._on_model_device(self.X_train, self.y_train)
+            val_set = self._on_model_device(self.X_val, self.y_val)
+        else:
+            val_set = (self.X_val, self.y_val)
+        # Accuracy checks on the GPU run in large batches (one sync per check).
+        acc_batch = self.device_batch_size if on_gpu else 100
         if not self.best_params:
             self.best_params = self._snapshot_params()
         self.stopped = None
+        self.step_time = 0.0
+        self.steps_taken = 0
+        train_start = epoch_start = time.perf_counter()
+        first_t = self.iteration
 
         for t in range(self.iteration, num_iterations):
+            step_start = time.perf_counter()
             self._step()
             self.iteration = t + 1
+            self.steps_taken += 1
 
             print_now = self.verbose and self.print_every > 0 and t % self.print_every == 0
             epoch_end = (t + 1) % iterations_per_epoch == 0
             first_it = t == 0
             last_it = t == num_iterations - 1
             check_now = first_it or last_it or epoch_end
-            # On the GPU, losses are fetched in batches so that steps queue up.
+            # On the GPU, losses are fetched in batches so that steps queue up;
+            # fetching waits for the queued steps, so their time counts here.
             if print_now or check_now or not on_gpu or len(self._pending_losses) >= 32:
                 bad = self._flush_losses()
                 if bad is not None:
+                    self.step_time += time.perf_counter() - step_start
                     self._stop_on_bad_loss(bad)
                     break
+            self.step_time += time.perf_counter() - step_start
 
             if print_now:
                 print("(Iteration %d / %d) loss: %f" % (t + 1, num_iterations,
@@ -408,10 +495,7 @@ class Solver:
             # Check train and val accuracy on the first iteration, the last
             # iteration, and at the end of each epoch.
             if check_now:
-                train_acc = self.check_accuracy(self.X_train, self.y_train,
-                                                num_samples=self.num_train_samples)
-                val_acc = self.check_accuracy(self.X_val, self.y_val,
-                                              num_samples=self.num_val_samples)
+                train_acc, val_acc = self._check_accuracies(val_set, acc_batch)
                 self.train_acc_history.append(train_acc)
                 self.val_acc_history.append(val_acc)
 
@@ -426,18 +510,39 @@ class Solver:
                     self.best_params = self._snapshot_params()
                 if epoch_end or last_it:
                     self._save_checkpoint()
+
+            if epoch_end:
+                now = time.perf_counter()
+                elapsed = now - train_start
+                left = elapsed / (t + 1 - first_t) * (num_iterations - t - 1)
+                self._progress("epoch %d / %d took %s; %s elapsed, about %s left"
+                               % (self.epoch, self.num_epochs, _duration(now - epoch_start),
+                                  _duration(elapsed), _duration(left)))
+                epoch_start = now
         else:
             self._flush_losses()
 
         # At the end of training swap the best params into the model
         self.model.params = dict(self.best_params)
+        self._train_set = (self.X_train, self.y_train)  # frees the device copy
 
 
-def _rng_state_to_list(state):
+def _duration(seconds):
+    """A duration for people: '4.2 s', '3 min 05 s', '1 h 02 min'."""
+    if seconds < 60:
+        return "%.1f s" % seconds
+    seconds = int(round(seconds))
+    if seconds < 3600:
+        return "%d min %02d s" % (seconds // 60, seconds % 60)
+    return "%d h %02d min" % (seconds // 3600, seconds % 3600 // 60)
+
+
+def _rng_state_to_dict(state):
     name, keys, pos, has_gauss, cached = state
-    return [name, np.asarray(keys), int(pos), int(has_gauss), float(cached)]
+    return {"name": name, "keys": np.asarray(keys), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
 
 
-def _rng_state_from_list(state):
-    name, keys, pos, has_gauss, cached = state
-    return (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+def _rng_state_from_dict(state):
+    return (state["name"], np.asarray(state["keys"], dtype=np.uint32), state["pos"],
+            state["has_gauss"], state["cached_gaussian"])

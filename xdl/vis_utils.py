@@ -1,4 +1,6 @@
-"""Visualization helpers: tile images or filters into one grid image."""
+"""Visualization helpers: tile images or filters into one grid image, and
+plot a Solver's history (matplotlib is imported only by the plotting
+functions)."""
 from math import ceil, sqrt
 
 import numpy as np
@@ -67,3 +69,83 @@ def vis_grid(Xs):
                 n += 1
     maxg, ming = G.max(), G.min()
     return (G - ming) / (maxg - ming) if maxg > ming else G - ming
+
+
+def moving_average(values, window):
+    """
+    Smooth a curve with a centered moving average, skipping non-finite values.
+
+    Inputs:
+    - values: sequence of numbers (a loss history)
+    - window: number of consecutive values averaged (>= 1)
+
+    Returns a tuple of:
+    - x: positions (indices into values) of the averages, window centers
+    - y: the averages
+    """
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError("window must be an integer >= 1, got %r" % (window,))
+    values = np.asarray(values, dtype=np.float64)
+    index = np.flatnonzero(np.isfinite(values))
+    if index.size < window:
+        return np.zeros(0), np.zeros(0)
+    kernel = np.ones(window) / window
+    y = np.convolve(values[index], kernel, mode="valid")
+    x = np.convolve(index.astype(np.float64), kernel, mode="valid")
+    return x, y
+
+
+def plot_solver_history(solver, title):
+    """
+    The loss of every iteration (dots) with its moving average (a line), and
+    the train and validation accuracy at each epoch, in one figure.
+
+    Inputs:
+    - solver: a Solver after train() (anything with loss_history,
+      train_acc_history and val_acc_history)
+    - title: the model's name, used in the panel titles
+
+    Returns the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    losses = solver.loss_history
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 8))
+    ax1.plot(np.arange(1, len(losses) + 1), losses, "o", markersize=2, alpha=0.35,
+             label="loss of each iteration")
+    window = max(1, len(losses) // 50)
+    x, y = moving_average(losses, window)
+    ax1.plot(x + 1, y, "-", linewidth=2, label="moving average over %d iterations" % window)
+    ax1.set_title("%s: training loss" % title)
+    ax1.set_xlabel("Iteration")
+    ax1.set_ylabel("Loss")
+    ax1.legend(loc="upper right")
+    epochs = np.arange(len(solver.train_acc_history))
+    ax2.plot(epochs, solver.train_acc_history, "-o", label="train")
+    ax2.plot(epochs, solver.val_acc_history, "-o", label="val")
+    ax2.set_title("%s: accuracy" % title)
+    ax2.set_xlabel("Epoch (0: after the first iteration)")
+    ax2.set_ylabel("Accuracy")
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_grid(Xs, title, padding=1):
+    """
+    Tile images or filters (N, H, W, C) into one grid (visualize_grid) and
+    show it with a title.
+
+    Returns the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    grid = visualize_grid(Xs, padding=padding)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.imshow(grid.astype("uint8").squeeze(), cmap="gray" if grid.shape[2] == 1 else None)
+    ax.set_title(title)
+    ax.axis("off")
+    fig.tight_layout()
+    return fig

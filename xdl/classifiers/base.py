@@ -8,7 +8,7 @@ implements ``loss(X, y=None)``.
 import numpy as np
 
 from xdl import serialization
-from xdl.backends import asarray, asarray_like, get_array_module
+from xdl.backends import asarray, asarray_like, kernels_for
 from xdl._checks import check_labels, check_reg
 
 _MODEL_CLASSES = {}
@@ -32,22 +32,12 @@ def _sum_of_squares(w):
     Sum of the squares of w's elements, as a scalar of w's dtype (a 0-d
     array on the GPU), without a temporary the size of w.
     """
-    from xdl.backends import cpu
-    fused = cpu.fused_kernels(w)
-    if fused is not None:
-        return fused.sum_of_squares(w)  # multithreaded, float64 partial sums
-    flat = w.ravel()
-    return get_array_module(w).vdot(flat, flat)
+    return kernels_for(w).sum_of_squares(w)
 
 
 def _add_scaled(g, alpha, w):
-    """g += alpha * w, in place, without a temporary the size of w on the CPU."""
-    from xdl.backends import cpu
-    fused = cpu.fused_kernels(g, w)
-    if fused is not None:
-        fused.axpy(alpha, w, g)
-    else:
-        g += alpha * w
+    """g += alpha * w, in place, in one pass on the arrays' device."""
+    kernels_for(g, w).axpy(alpha, w, g)
 
 
 class Model:
@@ -127,54 +117,118 @@ class Model:
     # -- running statistics (models with batch normalization override) --------
 
     def _state_dicts(self):
-        """The dicts holding running statistics (bn_params), to be saved."""
+        """
+        The bn_param dicts of the batch normalization layers, whose running
+        statistics are saved; bn_params[i] normalizes the layer whose scale
+        parameter is gamma<i+1>.
+        """
         return []
+
+    # -- state: parameters and running statistics by name ---------------------
+
+    def state(self):
+        """
+        Everything a trained model needs at test time, by name (like PyTorch's
+        ``state_dict``): the parameters under their own names ('W1', 'b1', ...)
+        and the running statistics of batch normalization layer i under
+        'bn_params/<i>/running_mean' and 'bn_params/<i>/running_var'.
+
+        Returns a new dict of the model's arrays (not copies).
+        """
+        state = dict(self.params)
+        for i, d in enumerate(self._state_dicts()):
+            for k in _RUNNING_KEYS:
+                if k in d:
+                    state["bn_params/%d/%s" % (i, k)] = d[k]
+        return state
+
+    def _expected_state_shapes(self):
+        """Name -> shape of every entry load_state takes (running stats are optional)."""
+        shapes = {k: tuple(v.shape) for k, v in self.params.items()}
+        for i, _ in enumerate(self._state_dicts()):
+            gamma = self.params["gamma%d" % (i + 1)]
+            for k in _RUNNING_KEYS:
+                shapes["bn_params/%d/%s" % (i, k)] = tuple(gamma.shape)
+        return shapes
+
+    def load_state(self, state, source="state"):
+        """
+        Set the parameters and running statistics from a dict made by
+        ``state()`` (of a model of the same class and shapes), moving the
+        arrays to this model's device and dtype.
+
+        Inputs:
+        - state: dict of arrays (numpy or cupy) named as state() names them
+        - source: what the state came from, for error messages (a file name)
+
+        Raises ValueError naming the missing, unexpected or misshapen entries;
+        the model is unchanged then.
+        """
+        shapes = self._expected_state_shapes()
+        missing = sorted(k for k in self.params if k not in state)
+        unexpected = sorted(k for k in state if k not in shapes)
+        if missing or unexpected:
+            raise ValueError("%s does not fit this %s: %s" % (
+                source, type(self).__name__, "; ".join(
+                    part for part in (
+                        "missing %s" % ", ".join(missing) if missing else "",
+                        "unexpected %s" % ", ".join(unexpected) if unexpected else "")
+                    if part)))
+        for k, v in state.items():
+            if tuple(v.shape) != shapes[k]:
+                raise ValueError("%s in %s has shape %s, this %s's has shape %s"
+                                 % (k, source, tuple(v.shape), type(self).__name__, shapes[k]))
+        like = self._first_param()
+        moved = {k: asarray_like(v, like, dtype=self.dtype) for k, v in state.items()}
+        self.params = {k: moved[k] for k in self.params}
+        for i, d in enumerate(self._state_dicts()):
+            for k in _RUNNING_KEYS:
+                name = "bn_params/%d/%s" % (i, k)
+                if name in moved:
+                    d[k] = moved[name]
 
     # -- save / load ---------------------------------------------------------
 
     def save(self, fname, verbose=True):
         """
-        Save the parameters (and running statistics) to ``fname``, atomically.
-        The file loads on any backend with ``model.load(fname)`` or
-        ``xdl.classifiers.load_model(fname)``.
+        Save the parameters (and running statistics) to ``fname``, atomically:
+        an .npz archive holding each array under its name in ``state()``
+        (``numpy.load(fname)["W1"]`` works) plus the model's class and
+        constructor arguments. The file loads on any backend with
+        ``model.load(fname)`` or ``xdl.classifiers.load_model(fname)``.
         """
-        running = [{k: v for k, v in d.items() if k in ("running_mean", "running_var")}
-                   for d in self._state_dicts()]
-        serialization.save_state(fname, {
+        serialization.save_state(fname, self.state(), kind="model", info={
             "class": type(self).__name__,
             "config": self._config,
             "dtype": np.dtype(self.dtype).name,
-            "params": self.params,
-            "running": running,
         })
         if verbose:
             print(fname, "saved.")
 
     def load(self, fname, verbose=True):
         """
-        Load parameters saved by ``save`` into this model, onto the configured
-        backend. The file must come from a model of the same class and shapes.
-        Returns True.
+        Load parameters saved by ``save`` into this model, on the device of
+        its parameters, in the dtype of the file. The file must come from a
+        model of the same class and shapes. Returns True.
         """
-        state = serialization.load_state(fname)
-        if state.get("class") != type(self).__name__:
-            raise ValueError("%s holds a %s, not a %s" % (fname, state.get("class"),
-                                                           type(self).__name__))
-        params = state["params"]
-        if set(params) != set(self.params):
-            raise ValueError("%s has parameters %s but this model has %s"
-                             % (fname, sorted(params), sorted(self.params)))
-        for k, v in params.items():
-            if v.shape != self.params[k].shape:
-                raise ValueError("parameter %s in %s has shape %s, this model's has shape %s"
-                                 % (k, fname, v.shape, self.params[k].shape))
-        self.dtype = np.dtype(state["dtype"]).type
-        self.params = {k: asarray(v.astype(self.dtype)) for k, v in params.items()}
-        for d, saved in zip(self._state_dicts(), state.get("running", [])):
-            d.update({k: asarray(v.astype(self.dtype)) for k, v in saved.items()})
+        saved = serialization.load_file(fname, kind="model", loader="model.load")
+        if saved.info.get("class") != type(self).__name__:
+            raise ValueError("%s holds a %s, not a %s: load it with "
+                             "xdl.classifiers.load_model(%r)"
+                             % (fname, saved.info.get("class"), type(self).__name__, fname))
+        dtype = self.dtype
+        self.dtype = np.dtype(_dtype_name(saved.info["dtype"])).type
+        try:
+            self.load_state(saved.state, source=fname)
+        except ValueError:
+            self.dtype = dtype
+            raise
         if verbose:
             print(fname, "loaded.")
         return True
+
+
+_RUNNING_KEYS = ("running_mean", "running_var")
 
 
 def load_model(fname):
@@ -183,13 +237,13 @@ def load_model(fname):
 
     Returns the model, with its saved parameters and running statistics.
     """
-    state = serialization.load_state(fname)
-    cls = _MODEL_CLASSES.get(state.get("class"))
+    saved = serialization.load_file(fname, kind="model", loader="xdl.classifiers.load_model")
+    cls = _MODEL_CLASSES.get(saved.info.get("class"))
     if cls is None:
         raise ValueError("%s holds an unknown model class %r; known: %s"
-                         % (fname, state.get("class"), ", ".join(sorted(_MODEL_CLASSES))))
-    config = dict(state["config"])
-    config["dtype"] = np.dtype(state["dtype"]).type
+                         % (fname, saved.info.get("class"), ", ".join(sorted(_MODEL_CLASSES))))
+    config = dict(saved.info["config"])
+    config["dtype"] = np.dtype(_dtype_name(saved.info["dtype"])).type
     model = cls(**config)
-    model.load(fname, verbose=False)
+    model.load_state(saved.state, source=fname)
     return model

@@ -90,6 +90,23 @@ class ThreeLayerConvNet(Model):
     def _state_dicts(self):
         return self.bn_params
 
+    def _check_nchw(self, X):
+        """
+        Refuse 4-D input that is not (N, C, H, W), naming the transpose for
+        (N, H, W, C) images (what load_CIFAR_batch returns).
+        """
+        shape = tuple(getattr(X, "shape", ()))
+        if len(shape) != 4 or shape[1:] == self.input_dim:
+            return  # flattened rows (N, C*H*W) are still accepted
+        C, H, W = self.input_dim
+        if shape[1:] == (H, W, C):
+            raise ValueError("X has shape %s: (N, H, W, C) channels-last images, as "
+                             "load_CIFAR_batch returns them; ThreeLayerConvNet needs (N, C, H, W) "
+                             "= (N, %d, %d, %d): pass X.transpose(0, 3, 1, 2)"
+                             % (shape, C, H, W))
+        raise ValueError("X must have shape (N, %d, %d, %d), that is (N, C, H, W); got %s"
+                         % (C, H, W, shape))
+
     def loss(self, X, y=None):
         """
         Evaluate loss and gradient for the three-layer convolutional network.
@@ -97,6 +114,7 @@ class ThreeLayerConvNet(Model):
         Input / output: Same API as TwoLayerNet in fc_net.py.
         """
         p = self.params
+        self._check_nchw(X)
         X = self._input(X, self.input_dim)
         X = X.reshape((X.shape[0],) + self.input_dim)
         mode = "test" if y is None else "train"

@@ -1,14 +1,16 @@
 """Linear classifiers trained with minibatch SGD: Softmax and LinearSVM."""
 import math
+import numbers
 import warnings
 
 import numpy as np
 
 from xdl import serialization
-from xdl.backends import asarray, asarray_like, asnumpy, get_array_module
+from xdl.backends import asarray, asarray_like, asnumpy, get_array_module, host_floats
 from xdl.classifiers.linear_svm import svm_loss_vectorized
 from xdl.classifiers.softmax import softmax_loss_vectorized
-from xdl._checks import check_labels, check_ndim, check_nonneg_int, check_positive_int, check_reg
+from xdl._checks import (check_labels, check_ndim, check_nonneg_int, check_positive_int,
+                         check_reg, labels_checked)
 from xdl.solver import TrainingStopped
 
 
@@ -45,7 +47,12 @@ class LinearClassifier:
         - verbose: (boolean) If true, print progress during optimization.
 
         Minibatches are drawn with replacement from the host copy of X (with
-        NumPy's global generator) and moved to W's device.
+        NumPy's global generator) and moved to W's device. Labels are checked
+        once, here. Losses stay on W's device and come back to the host in
+        batches (at each printed line and at the end), so a step on the GPU
+        makes no device-to-host copy: when a loss is not finite, W keeps the
+        value it had before that step (a device-side select), training stops
+        there with a TrainingStopped warning and the history ends before it.
 
         Outputs:
         A list containing the value of the loss function at each training iteration.
@@ -54,8 +61,11 @@ class LinearClassifier:
         y = np.asarray(y) if isinstance(y, (list, tuple)) else y
         num_train, dim = X.shape
         check_labels(y, num_train, int(y.max()) + 1 if num_train else 1, "y")
-        if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
-            raise ValueError("learning_rate must be a number > 0, got %r" % (learning_rate,))
+        # Zero is a valid learning rate (it measures the initial loss), as in torch.optim.
+        if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real) \
+                or not learning_rate >= 0 or not math.isfinite(learning_rate):
+            raise ValueError("learning_rate must be a finite number >= 0, got %r"
+                             % (learning_rate,))
         reg = check_reg(reg)
         num_iters = check_nonneg_int(num_iters, "num_iters")
         batch_size = check_positive_int(batch_size, "batch_size")
@@ -67,22 +77,34 @@ class LinearClassifier:
             raise ValueError("W has shape %s but X has %d features and y has %d classes"
                              % (self.W.shape, dim, num_classes))
 
-        loss_history = []
+        xp = get_array_module(self.W)
+        loss_history, pending = [], []
+        finite = xp.asarray(True)  # on W's device: no loss so far was inf or nan
         for it in range(num_iters):
             idx = np.random.choice(num_train, batch_size, replace=True)
             X_batch = asarray_like(X[idx], self.W, dtype=self.W.dtype)
             y_batch = asarray_like(y[idx], self.W)
-            with np.errstate(over="ignore", invalid="ignore"):
+            with np.errstate(over="ignore", invalid="ignore"), labels_checked():
                 loss, grad = self.loss(X_batch, y_batch, reg)
-            if not math.isfinite(loss):
-                warnings.warn("training stopped at iteration %d: the loss is %r (learning "
-                              "rate %g, reg %g too large?)" % (it, loss, learning_rate, reg),
-                              TrainingStopped, stacklevel=2)
-                break
-            loss_history.append(loss)
-            self.W -= learning_rate * grad
-            if verbose and it % 100 == 0:
-                print("iteration %d / %d: loss %f" % (it, num_iters, loss))
+                pending.append(loss)
+                finite = finite & xp.isfinite(loss)
+                self.W = xp.where(finite, self.W - learning_rate * grad, self.W)
+            printing = verbose and it % 100 == 0
+            if printing or it == num_iters - 1:
+                first = len(loss_history)
+                loss_history.extend(host_floats(pending))
+                pending = []
+                bad = next((i for i in range(first, len(loss_history))
+                            if not math.isfinite(loss_history[i])), None)
+                if bad is not None:
+                    warnings.warn("training stopped at iteration %d: the loss is %r (learning "
+                                  "rate %g, reg %g too large?)"
+                                  % (bad, loss_history[bad], learning_rate, reg),
+                                  TrainingStopped, stacklevel=2)
+                    del loss_history[bad:]
+                    break
+                if printing:
+                    print("iteration %d / %d: loss %f" % (it, num_iters, loss_history[-1]))
         return loss_history
 
     def predict(self, X, batch_size=10000):
@@ -130,20 +152,26 @@ class LinearClassifier:
         return type(self).loss_function(self.W, X_batch, y_batch, reg)
 
     def save(self, fname, verbose=True):
-        """Save the weights to fname (atomically); load them with load(fname)."""
+        """
+        Save the weights to fname (atomically): an .npz archive with the array
+        'W' (``numpy.load(fname)["W"]``); load them with load(fname).
+        """
         if self.W is None:
             raise RuntimeError("nothing to save: the classifier has no weights yet")
-        serialization.save_state(fname, {"class": type(self).__name__, "W": self.W})
+        serialization.save_state(fname, {"W": self.W}, kind="linear_classifier",
+                                 info={"class": type(self).__name__})
         if verbose:
             print(fname, "saved.")
 
     def load(self, fname, verbose=True):
         """Load weights saved by save(fname) onto the configured backend. Returns True."""
-        state = serialization.load_state(fname)
-        if state.get("class") != type(self).__name__:
-            raise ValueError("%s holds a %s, not a %s"
-                             % (fname, state.get("class"), type(self).__name__))
-        self.W = asarray(state["W"])
+        saved = serialization.load_file(fname, kind="linear_classifier",
+                                        loader="%s().load" % type(self).__name__)
+        if saved.info.get("class") != type(self).__name__:
+            raise ValueError("%s holds a %s, not a %s: load it with %s().load(%r)"
+                             % (fname, saved.info.get("class"), type(self).__name__,
+                                saved.info.get("class"), fname))
+        self.W = asarray(saved.state["W"])
         if verbose:
             print(fname, "loaded.")
         return True

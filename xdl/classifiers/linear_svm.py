@@ -1,6 +1,6 @@
 """Multiclass SVM (hinge) loss for a linear classifier."""
 from xdl.backends import get_array_module
-from xdl.classifiers.softmax import check_linear_inputs
+from xdl.classifiers.softmax import check_linear_inputs, loss_value
 
 
 def svm_loss_naive(W, X, y, reg):
@@ -58,4 +58,4 @@ def svm_loss_vectorized(W, X, y, reg):
     dscores = (margins > 0).astype(W.dtype)
     dscores[rows, y] = -dscores.sum(axis=1)
     dW = X.T @ (dscores / N) + 2 * reg * W
-    return float(loss), dW
+    return loss_value(loss), dW

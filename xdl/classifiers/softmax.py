@@ -1,12 +1,14 @@
 """Softmax (multinomial logistic regression) loss for a linear classifier."""
+import numpy as np
+
 from xdl.backends import get_array_module
 from xdl.layers import log_softmax
-from xdl._checks import check_float_array, check_labels, check_ndim, check_reg
+from xdl._checks import check_float_array, check_labels, check_ndim, check_reg, check_same_device
 
 
 def check_linear_inputs(W, X, y, reg):
     """Shared checks of the linear classifiers' losses. Returns (N, C, reg)."""
-    get_array_module(W, X, y)
+    check_same_device(W=W, X=X, y=y)
     check_ndim(W, 2, "W", "(D, C)")
     check_ndim(X, 2, "X", "(N, D)")
     check_float_array(W, "W")
@@ -15,6 +17,15 @@ def check_linear_inputs(W, X, y, reg):
                          % (X.shape[1], X.shape, W.shape[0], W.shape))
     check_labels(y, X.shape[0], W.shape[1], "y")
     return X.shape[0], W.shape[1], check_reg(reg)
+
+
+def loss_value(loss):
+    """
+    The loss as the vectorized losses return it: a Python float for host
+    arrays; a 0-d array on the GPU, left there so that a training loop makes
+    no device-to-host copy per step (``float(loss)`` copies it).
+    """
+    return float(loss) if isinstance(loss, (np.ndarray, np.generic)) else loss
 
 
 def softmax_loss_naive(W, X, y, reg):
@@ -67,4 +78,4 @@ def softmax_loss_vectorized(W, X, y, reg):
     dscores = xp.exp(log_probs)
     dscores[rows, y] -= 1
     dW = X.T @ (dscores / N) + 2 * reg * W
-    return float(loss), dW
+    return loss_value(loss), dW

@@ -1,0 +1,548 @@
+# Convolution on the CPU (included by _cpu_kernels.pyx): im2col, col2im,
+# conv_forward and conv_backward. A thread takes whole images; it im2cols an
+# image into its own slice of a reused workspace and multiplies it right away
+# with BLAS, in tiles that keep OpenBLAS on the calling thread
+# (xdl/DESIGN.md, "The CPU kernels").
+
+from libc.string cimport memcpy
+
+# Per-image gradient partials (dw, db) are kept for at most this many
+# elements at a time before they are reduced into dw.
+PARTIAL_ELEMENTS = 1 << 21
+
+
+cdef struct ConvShape:
+    int N, C, H, W, F, KH, KW, stride, pad, OH, OW
+    int K, P          # rows of cols (C*KH*KW) and output pixels per image (OH*OW)
+    int fb, pb        # forward / dx GEMM tile: fb filters x pb pixels
+    int wk, wf, wp    # dw GEMM tile: wk rows of cols x wf filters, over wp pixels
+
+
+cdef ConvShape _conv_shape(x_shape, int F, int KH, int KW, int stride, int pad, int OH, int OW):
+    """The geometry of a convolution of x_shape with F filters (F = 0 for im2col, col2im)."""
+    cdef ConvShape s
+    s.N, s.C, s.H, s.W = x_shape
+    s.F, s.KH, s.KW, s.stride, s.pad, s.OH, s.OW = F, KH, KW, stride, pad, OH, OW
+    s.K = s.C * KH * KW
+    s.P = OH * OW
+    s.fb, s.pb = _tiles(s.F, s.K, s.P)
+    s.wk, s.wf, s.wp = _dw_tiles(s.F, s.K, s.P)
+    return s
+
+
+def _tiles(int F, int K, int P):
+    """
+    Tile (fb filters, pb pixels) of the GEMMs out = w @ cols and
+    dcols = w^T @ dout, with fb*K*pb <= GEMM_TILE_LIMIT (so each BLAS call
+    stays on its thread): whole filter banks first, then as many pixels as
+    fit, in multiples of 16 (the SIMD width).
+    """
+    limit = GEMM_TILE_LIMIT
+    if F <= 0 or K <= 0 or P <= 0:
+        return 1, 1
+    fb = F if F * K * min(P, 64) <= limit else max(1, limit // (K * min(P, 64)))
+    pb = max(1, limit // (fb * K))
+    if pb >= P:
+        return fb, P
+    if pb >= 16:
+        pb -= pb % 16
+    return fb, pb
+
+
+def _dw_tiles(int F, int K, int P):
+    """
+    Tile (wk rows, wf filters, wp pixels) of dw^T = cols @ dout^T, with
+    wk*wf*wp <= GEMM_TILE_LIMIT: long sums over the pixels (each call reads
+    and writes its block of dw once), then all filters, then rows, in
+    multiples of 8 (15 rows of the 7x7x3 filters ran 7-9% slower than 8 or
+    12 here, float32 and float64).
+    """
+    limit = GEMM_TILE_LIMIT
+    if F <= 0 or K <= 0 or P <= 0:
+        return 1, 1, 1
+    wp = max(1, min(P, limit // 64))
+    wf = max(1, min(F, limit // (wp * 8)))
+    wk = max(1, min(K, limit // (wp * wf)))
+    if 8 < wk < K:
+        wk -= wk % 8
+    return wk, wf, wp
+
+
+# ------------------------------------------------------ one image
+
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+cdef inline void _valid_range(int size, int k, int stride, int pad, int out,
+                              Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    # Output positions o with 0 <= o*stride - pad + k < size are [lo, hi).
+    cdef Py_ssize_t a = 0, b = 0
+    if pad > k:
+        a = _ceil_div(pad - k, stride)
+    if size + pad - k > 0:
+        b = _ceil_div(size + pad - k, stride)
+    if b > out:
+        b = out
+    if a > out:
+        a = out
+    if b < a:
+        b = a
+    lo[0] = a
+    hi[0] = b
+
+
+cdef inline Py_ssize_t _aligned(Py_ssize_t n) noexcept nogil:
+    # n elements rounded up to a multiple of 16 (64 bytes in float32).
+    return (n + 15) & ~(<Py_ssize_t>15)
+
+
+cdef inline Py_ssize_t _padded_size(ConvShape s) noexcept nogil:
+    # Elements of one zero-padded image (C, H + 2*pad, W + 2*pad); none without padding.
+    if s.pad == 0:
+        return 0
+    return _aligned(<Py_ssize_t>s.C * (s.H + 2 * s.pad) * (s.W + 2 * s.pad))
+
+
+cdef inline Py_ssize_t _image_scratch(ConvShape s) noexcept nogil:
+    # A thread's scratch for one image: its columns (K, P), then its padded copy.
+    return _aligned(<Py_ssize_t>s.K * s.P) + _padded_size(s)
+
+
+cdef void _pad_image(const floating* x, floating* xpad, ConvShape s) noexcept nogil:
+    # xpad (C, H + 2*pad, W + 2*pad) = x with zero borders.
+    cdef Py_ssize_t Hp = s.H + 2 * s.pad, Wp = s.W + 2 * s.pad
+    cdef Py_ssize_t c, h
+    memset(xpad, 0, <size_t>(s.C * Hp * Wp) * sizeof(floating))
+    for c in range(s.C):
+        for h in range(s.H):
+            memcpy(xpad + (c * Hp + h + s.pad) * Wp + s.pad, x + (c * s.H + h) * s.W,
+                   <size_t>s.W * sizeof(floating))
+
+
+cdef void _im2col_image(const floating* x, floating* xpad, floating* cols, Py_ssize_t ld,
+                        ConvShape s) noexcept nogil:
+    # One image x (C, H, W) -> cols[row, oh*OW + ow], row = (c*KH + kh)*KW + kw,
+    # rows ld elements apart. With padding, x is first copied into xpad
+    # (_padded_size(s) elements) with zero borders, so that every row of
+    # cols is OH plain copies of OW elements, without bounds (measured here:
+    # 16 us against 31 us with bounds per row, 3x32x32 image, 7x7 window).
+    cdef Py_ssize_t Hp = s.H + 2 * s.pad, Wp = s.W + 2 * s.pad
+    cdef Py_ssize_t c, kh, kw, oh, j
+    cdef int OW = s.OW, stride = s.stride
+    cdef floating* dst
+    cdef floating* d
+    cdef const floating* src
+    cdef const floating* r
+    if s.pad > 0:
+        _pad_image(x, xpad, s)
+        x = xpad
+    for c in range(s.C):
+        for kh in range(s.KH):
+            for kw in range(s.KW):
+                dst = cols + ((c * s.KH + kh) * s.KW + kw) * ld
+                src = x + (c * Hp + kh) * Wp + kw
+                for oh in range(s.OH):
+                    d = dst + oh * OW
+                    r = src + oh * stride * Wp
+                    if stride == 1:
+                        memcpy(d, r, <size_t>OW * sizeof(floating))
+                    else:
+                        for j in range(OW):
+                            d[j] = r[j * stride]
+
+
+cdef void _col2im_image(const floating* cols, Py_ssize_t ld, floating* dx,
+                        ConvShape s) noexcept nogil:
+    # Adjoint of _im2col_image: dx (C, H, W) = sum of the column entries read
+    # from each pixel. The image belongs to one thread, which adds in a fixed
+    # order: no races, deterministic.
+    cdef Py_ssize_t c, kh, kw, oh, j, ih, iw0
+    cdef Py_ssize_t lo = 0, hi = 0
+    cdef int OW = s.OW, stride = s.stride
+    cdef const floating* srcrow
+    cdef const floating* src
+    cdef floating* d
+    memset(dx, 0, <size_t>s.C * s.H * s.W * sizeof(floating))
+    for c in range(s.C):
+        for kh in range(s.KH):
+            for kw in range(s.KW):
+                srcrow = cols + ((c * s.KH + kh) * s.KW + kw) * ld
+                _valid_range(s.W, kw, stride, s.pad, OW, &lo, &hi)
+                if hi == lo:
+                    continue
+                iw0 = lo * stride - s.pad + kw
+                for oh in range(s.OH):
+                    ih = oh * stride - s.pad + kh
+                    if ih < 0 or ih >= s.H:
+                        continue
+                    src = srcrow + oh * OW + lo
+                    d = dx + (c * s.H + ih) * s.W + iw0
+                    if stride == 1:
+                        for j in range(hi - lo):
+                            d[j] += src[j]
+                    else:
+                        for j in range(hi - lo):
+                            d[j * stride] += src[j]
+
+
+cdef void _conv_forward_image(const floating* x, const floating* w, const floating* b,
+                              floating* out, floating* cols, ConvShape s) noexcept nogil:
+    # out (F, P) = w (F, K) @ cols (K, P) + b, by tiles of fb x pb.
+    cdef Py_ssize_t f0, p0, f, p
+    cdef int fn, pn
+    cdef floating bias
+    cdef floating* o
+    _im2col_image(x, cols + _aligned(<Py_ssize_t>s.K * s.P), cols, s.P, s)
+    f0 = 0
+    while f0 < s.F:
+        fn = min(s.fb, s.F - f0)
+        p0 = 0
+        while p0 < s.P:
+            pn = min(s.pb, s.P - p0)
+            # column-major: out^T (pn, fn) = cols^T (pn, K) @ w^T (K, fn)
+            _gemm(c'N', c'N', pn, fn, s.K, <floating>1, cols + p0, s.P,
+                  w + f0 * s.K, s.K, <floating>0, out + f0 * s.P + p0, s.P)
+            p0 += pn
+        for f in range(f0, f0 + fn):
+            bias = b[f]
+            o = out + f * s.P
+            for p in range(s.P):
+                o[p] += bias
+        f0 += fn
+
+
+cdef floating _sum(const floating* d, Py_ssize_t n) noexcept nogil:
+    # Sum of n elements in 16 interleaved partial sums, added pairwise at the
+    # end: a fixed order (deterministic) that the compiler vectorizes. One
+    # running sum waits on every add: the 32 row sums of a 32x32 image's
+    # gradient cost about 30 us of its 140 us backward pass here.
+    cdef floating part[16]
+    cdef Py_ssize_t i, l, width
+    for l in range(16):
+        part[l] = 0
+    i = 0
+    while i + 16 <= n:
+        for l in range(16):
+            part[l] = part[l] + d[i + l]
+        i += 16
+    for l in range(n - i):
+        part[l] = part[l] + d[i + l]
+    width = 8
+    while width >= 1:
+        for l in range(width):
+            part[l] = part[l] + part[l + width]
+        width //= 2
+    return part[0]
+
+
+cdef void _conv_backward_image(const floating* x, const floating* w, const floating* dout,
+                               floating* dx, floating* dw, floating* db, floating* cols,
+                               ConvShape s) noexcept nogil:
+    # dw (F, K) = dout (F, P) @ cols^T; db (F,) = row sums of dout;
+    # dcols (K, P) = w^T @ dout, folded back into dx (C, H, W) unless dx is NULL.
+    cdef Py_ssize_t f0, p0, k0, f, p
+    cdef int fn, pn, kn
+    _im2col_image(x, cols + _aligned(<Py_ssize_t>s.K * s.P), cols, s.P, s)
+    k0 = 0
+    while k0 < s.K:
+        kn = min(s.wk, s.K - k0)
+        f0 = 0
+        while f0 < s.F:
+            fn = min(s.wf, s.F - f0)
+            p0 = 0
+            while p0 < s.P:
+                pn = min(s.wp, s.P - p0)
+                # column-major: dw^T (kn, fn) (+)= cols (kn, pn) @ dout^T (pn, fn)
+                _gemm(c'T', c'N', kn, fn, pn, <floating>1, cols + k0 * s.P + p0, s.P,
+                      dout + f0 * s.P + p0, s.P, <floating>(p0 > 0),
+                      dw + f0 * s.K + k0, s.K)
+                p0 += pn
+            f0 += fn
+        k0 += kn
+    for f in range(s.F):
+        db[f] = _sum(dout + f * s.P, s.P)
+    if dx == NULL:
+        return
+    # cols is no longer needed: it receives the column gradient.
+    p0 = 0
+    while p0 < s.P:
+        pn = min(s.pb, s.P - p0)
+        f0 = 0
+        while f0 < s.F:
+            fn = min(s.fb, s.F - f0)
+            # column-major: dcols^T (pn, K) (+)= dout^T (pn, fn) @ w (fn, K)
+            _gemm(c'N', c'T', pn, s.K, fn, <floating>1, dout + f0 * s.P + p0, s.P,
+                  w + f0 * s.K, s.K, <floating>(f0 > 0), cols + p0, s.P)
+            f0 += fn
+        p0 += pn
+    _col2im_image(cols, s.P, dx, s)
+
+
+# ------------------------------------------ im2col and col2im: per image
+
+cdef struct Im2colJob:
+    ConvShape s
+    const void* x       # (N, C, H, W)
+    void* cols          # (K, N*P)
+    void* workspace     # _padded_size(s) elements per thread: a padded image
+
+
+cdef void _im2col_run(Items* items, const Im2colJob* j, int tid, floating* cols) noexcept nogil:
+    cdef const floating* x = <const floating*>j.x
+    cdef floating* xpad = <floating*>j.workspace + tid * _padded_size(j.s)
+    cdef Py_ssize_t image = <Py_ssize_t>j.s.C * j.s.H * j.s.W
+    cdef Py_ssize_t lo = 0, hi = 0, n
+    while _take(items, &lo, &hi):
+        for n in range(lo, hi):
+            _im2col_image(x + n * image, xpad, cols + n * j.s.P, <Py_ssize_t>j.s.N * j.s.P, j.s)
+
+
+cdef class _Im2colWork(_Work):
+    cdef Im2colJob job
+
+    def run(self, int tid):
+        with nogil:
+            if self.is_double:
+                _im2col_run(&self.items, &self.job, tid, <double*>self.job.cols)
+            else:
+                _im2col_run(&self.items, &self.job, tid, <float*>self.job.cols)
+
+
+cdef struct Col2imJob:
+    ConvShape s
+    const void* cols    # (K, N*P)
+    void* dx            # (N, C, H, W)
+
+
+cdef void _col2im_run(Items* items, const Col2imJob* j, floating* dx) noexcept nogil:
+    cdef const floating* cols = <const floating*>j.cols
+    cdef Py_ssize_t image = <Py_ssize_t>j.s.C * j.s.H * j.s.W
+    cdef Py_ssize_t lo = 0, hi = 0, n
+    while _take(items, &lo, &hi):
+        for n in range(lo, hi):
+            _col2im_image(cols + n * j.s.P, <Py_ssize_t>j.s.N * j.s.P, dx + n * image, j.s)
+
+
+cdef class _Col2imWork(_Work):
+    cdef Col2imJob job
+
+    def run(self, int tid):
+        with nogil:
+            if self.is_double:
+                _col2im_run(&self.items, &self.job, <double*>self.job.dx)
+            else:
+                _col2im_run(&self.items, &self.job, <float*>self.job.dx)
+
+
+def im2col(x, int KH, int KW, int stride, int pad, int OH, int OW):
+    """
+    Inputs:
+    - x: (N, C, H, W) float32/float64; KH, KW: window; stride, pad; OH, OW:
+      output size
+
+    Returns:
+    - cols: (C*KH*KW, N*OH*OW), row (c*KH + kh)*KW + kw, column
+      (n*OH + oh)*OW + ow
+    """
+    x = _floating(x, "x")
+    _boundary.check_im2col(x, KH, KW, stride, pad, OH, OW)
+    cdef _Im2colWork work = _Im2colWork()
+    work.job.s = _conv_shape(x.shape, 0, KH, KW, stride, pad, OH, OW)
+    cols = np.empty((work.job.s.K, work.job.s.N * work.job.s.P), dtype=x.dtype)
+    if cols.size:
+        threads = _cpu_team.threads_for(work.job.s.N)
+        workspace = _cpu_team.take_workspace(max(1, threads * _padded_size(work.job.s)), x.dtype)
+        work.job.x = _address(x, False)
+        work.job.cols = _address(cols, True)
+        work.job.workspace = _address(workspace, True)
+        _start(work, work.job.s.N, 1, x.dtype, (x, cols, workspace), threads)
+        _cpu_team.give_back(workspace)
+    return cols
+
+
+def col2im(cols, x_shape, int KH, int KW, int stride, int pad, int OH, int OW):
+    """
+    Adjoint of im2col: every column entry is added back into the input pixel
+    it was read from.
+
+    Inputs:
+    - cols: (C*KH*KW, N*OH*OW); x_shape: (N, C, H, W); the rest as im2col
+
+    Returns:
+    - dx: (N, C, H, W) with the dtype of cols
+    """
+    cols = _floating(cols, "cols")
+    _boundary.check_col2im(cols, x_shape, KH, KW, stride, pad, OH, OW)
+    cdef _Col2imWork work = _Col2imWork()
+    work.job.s = _conv_shape(tuple(x_shape), 0, KH, KW, stride, pad, OH, OW)
+    dx = np.zeros(tuple(x_shape), dtype=cols.dtype)
+    if cols.size:
+        work.job.cols = _address(cols, False)
+        work.job.dx = _address(dx, True)
+        _start(work, work.job.s.N, 1, cols.dtype, (cols, dx))
+    return dx
+
+
+# --------------------------------------------- convolution: per image
+
+cdef struct ConvForwardJob:
+    ConvShape s
+    const void* x           # (N, C, H, W)
+    const void* w           # (F, K)
+    const void* b           # (F,)
+    void* out               # (N, F, P)
+    void* workspace         # per_thread elements per thread: _image_scratch(s)
+    Py_ssize_t per_thread
+
+
+cdef void _conv_forward_run(Items* items, const ConvForwardJob* j, int tid,
+                            floating* out) noexcept nogil:
+    cdef const floating* x = <const floating*>j.x
+    cdef floating* cols = <floating*>j.workspace + tid * j.per_thread
+    cdef Py_ssize_t image = <Py_ssize_t>j.s.C * j.s.H * j.s.W
+    cdef Py_ssize_t lo = 0, hi = 0, n
+    while _take(items, &lo, &hi):
+        for n in range(lo, hi):
+            _conv_forward_image(x + n * image, <const floating*>j.w, <const floating*>j.b,
+                                out + n * j.s.F * j.s.P, cols, j.s)
+
+
+cdef class _ConvForwardWork(_Work):
+    cdef ConvForwardJob job
+
+    def run(self, int tid):
+        with nogil:
+            if self.is_double:
+                _conv_forward_run(&self.items, &self.job, tid, <double*>self.job.out)
+            else:
+                _conv_forward_run(&self.items, &self.job, tid, <float*>self.job.out)
+
+
+cdef struct ConvBackwardJob:
+    ConvShape s
+    const void* x           # (N, C, H, W)
+    const void* w           # (F, K)
+    const void* dout        # (N, F, P)
+    void* dx                # (N, C, H, W), or NULL: no input gradient
+    void* dw_parts          # (images of the group, F*K): each image's dw
+    void* db_parts          # (images of the group, F): each image's db
+    void* workspace         # per_thread elements per thread: _image_scratch(s)
+    Py_ssize_t per_thread
+    Py_ssize_t n0           # the group's first image: unit u is image n0 + u
+
+
+cdef void _conv_backward_run(Items* items, const ConvBackwardJob* j, int tid,
+                             floating* dw_parts) noexcept nogil:
+    cdef const floating* x = <const floating*>j.x
+    cdef const floating* dout = <const floating*>j.dout
+    cdef floating* dx = <floating*>j.dx
+    cdef floating* db_parts = <floating*>j.db_parts
+    cdef floating* cols = <floating*>j.workspace + tid * j.per_thread
+    cdef Py_ssize_t image = <Py_ssize_t>j.s.C * j.s.H * j.s.W
+    cdef Py_ssize_t lo = 0, hi = 0, u, n
+    while _take(items, &lo, &hi):
+        for u in range(lo, hi):
+            n = j.n0 + u
+            _conv_backward_image(x + n * image, <const floating*>j.w,
+                                 dout + n * j.s.F * j.s.P,
+                                 dx + n * image if dx != NULL else NULL,
+                                 dw_parts + u * j.s.F * j.s.K, db_parts + u * j.s.F, cols, j.s)
+
+
+cdef class _ConvBackwardWork(_Work):
+    cdef ConvBackwardJob job
+
+    def run(self, int tid):
+        with nogil:
+            if self.is_double:
+                _conv_backward_run(&self.items, &self.job, tid, <double*>self.job.dw_parts)
+            else:
+                _conv_backward_run(&self.items, &self.job, tid, <float*>self.job.dw_parts)
+
+
+def conv_forward(x, w, b, int stride, int pad, int OH, int OW):
+    """
+    Inputs:
+    - x: (N, C, H, W); w: (F, C, KH, KW); b: (F,); one float32/float64 dtype
+    - stride, pad; OH, OW: output size
+
+    Returns:
+    - out: (N, F, OH, OW), out[n, f] = sum over (c, kh, kw) of
+      w[f, c, kh, kw] * xpad[n, c, oh*stride + kh, ow*stride + kw] + b[f]
+    """
+    dtype = _boundary.float_dtype((("x", x), ("w", w), ("b", b)), WHERE, np.ndarray, "numpy")
+    _boundary.check_conv_forward(x, w, b, stride, pad, OH, OW)
+    x, w, b = np.ascontiguousarray(x), np.ascontiguousarray(w), np.ascontiguousarray(b)
+    cdef _ConvForwardWork work = _ConvForwardWork()
+    cdef ConvShape s = _conv_shape(x.shape, w.shape[0], w.shape[2], w.shape[3],
+                                   stride, pad, OH, OW)
+    out = np.empty((s.N, s.F, OH, OW), dtype=dtype)
+    if out.size == 0:
+        return out
+    if s.K == 0:
+        out[...] = b.reshape(1, -1, 1, 1)
+        return out
+    cdef int threads = _cpu_team.threads_for(s.N)
+    work.job.s = s
+    work.job.per_thread = _image_scratch(s)
+    workspace = _cpu_team.take_workspace(threads * work.job.per_thread, dtype)
+    work.job.x, work.job.w, work.job.b = _address(x, False), _address(w, False), _address(b, False)
+    work.job.out = _address(out, True)
+    work.job.workspace = _address(workspace, True)
+    _start(work, s.N, 1, dtype, (x, w, b, out, workspace), threads)
+    _cpu_team.give_back(workspace)
+    return out
+
+
+def conv_backward(dout, x, w, int stride, int pad, int OH, int OW, compute_dx=True):
+    """
+    Inputs:
+    - dout: (N, F, OH, OW) upstream gradient; x, w: as conv_forward
+    - compute_dx: False skips the input gradient (dx is returned as None)
+
+    Returns a tuple of (dx, dw, db).
+    """
+    dtype = _boundary.float_dtype((("dout", dout), ("x", x), ("w", w)), WHERE, np.ndarray,
+                                  "numpy")
+    _boundary.check_conv_backward(dout, x, w, stride, pad, OH, OW)
+    x, dout, w = np.ascontiguousarray(x), np.ascontiguousarray(dout), np.ascontiguousarray(w)
+    cdef ConvShape s = _conv_shape(x.shape, w.shape[0], w.shape[2], w.shape[3],
+                                   stride, pad, OH, OW)
+    dx = np.empty(x.shape, dtype=dtype) if compute_dx else None
+    dw = np.zeros((s.F, s.K), dtype=dtype)
+    db = np.zeros(s.F, dtype=dtype)
+    if s.N == 0 or s.F == 0 or s.K == 0 or s.P == 0:
+        if dx is not None:
+            dx[...] = 0
+        db[...] = dout.sum(axis=(0, 2, 3))
+        return dx, dw.reshape(w.shape), db
+    cdef int threads = _cpu_team.threads_for(s.N)
+    # Images per group: the per-image partials of a group stay small.
+    cdef Py_ssize_t group = max(threads, min(s.N, PARTIAL_ELEMENTS // (s.F * (s.K + 1))))
+    cdef Py_ssize_t per_thread = _image_scratch(s)
+    cdef Py_ssize_t n0, n1
+    cdef _ConvBackwardWork work
+    workspace = _cpu_team.take_workspace(threads * per_thread, dtype)
+    parts = _cpu_team.take_workspace(group * s.F * (s.K + 1), dtype)
+    dw_parts = parts[:group * s.F * s.K].reshape(group, s.F * s.K)
+    db_parts = parts[group * s.F * s.K:].reshape(group, s.F)
+    for n0 in range(0, s.N, group):
+        n1 = min(s.N, n0 + group)
+        work = _ConvBackwardWork()
+        work.job.s = s
+        work.job.x, work.job.w = _address(x, False), _address(w, False)
+        work.job.dout = _address(dout, False)
+        work.job.dx = _address(dx, True)
+        work.job.dw_parts, work.job.db_parts = _address(dw_parts, True), _address(db_parts, True)
+        work.job.workspace = _address(workspace, True)
+        work.job.per_thread = per_thread
+        work.job.n0 = n0
+        _start(work, n1 - n0, 1, dtype, (x, w, dout, dx, parts, workspace),
+               min(threads, n1 - n0))
+        # Reduce in image order (numpy's pairwise sum): deterministic.
+        dw += dw_parts[:n1 - n0].sum(axis=0).reshape(s.F, s.K)
+        db += db_parts[:n1 - n0].sum(axis=0)
+    _cpu_team.give_back(workspace)
+    _cpu_team.give_back(parts)
+    return dx, dw.reshape(w.shape), db

@@ -1,0 +1,538 @@
+# Elementwise kernels on the CPU (included by _cpu_kernels.pyx): the update
+# rules, the sum of squares and axpy of the L2 term. Each makes one pass over
+# its arrays in chunks of ELEMENT_CHUNK elements shared by the team, with the
+# floating-point operations of its formula in numpy_kernels.py, in the same
+# order and in the array's dtype (scalars rounded to it first, as NumPy does
+# with a Python float against a float32 array): results match the formulas
+# to rounding, bit for bit where the compiler does not contract a*b + c into
+# a fused multiply-add. xdl/DESIGN.md, "Update rules", shows how to add one.
+
+cdef extern from *:
+    """
+    /* Square roots of a block, in place. Compilers vectorize a sqrtf() loop
+       only under -fno-math-errno (sqrtf of a negative number sets errno),
+       so the vector loops are written with intrinsics; every instruction
+       used is correctly rounded, like sqrtf(). */
+    #include <math.h>
+    #if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
+    #include <emmintrin.h>
+    static void xdl_sqrt_block_f(float *x, Py_ssize_t n) {
+        Py_ssize_t i = 0;
+        for (; i + 4 <= n; i += 4) _mm_storeu_ps(x + i, _mm_sqrt_ps(_mm_loadu_ps(x + i)));
+        for (; i < n; i++) x[i] = sqrtf(x[i]);
+    }
+    static void xdl_sqrt_block_d(double *x, Py_ssize_t n) {
+        Py_ssize_t i = 0;
+        for (; i + 2 <= n; i += 2) _mm_storeu_pd(x + i, _mm_sqrt_pd(_mm_loadu_pd(x + i)));
+        for (; i < n; i++) x[i] = sqrt(x[i]);
+    }
+    #elif defined(__aarch64__) && defined(__ARM_NEON)
+    #include <arm_neon.h>
+    static void xdl_sqrt_block_f(float *x, Py_ssize_t n) {
+        Py_ssize_t i = 0;
+        for (; i + 4 <= n; i += 4) vst1q_f32(x + i, vsqrtq_f32(vld1q_f32(x + i)));
+        for (; i < n; i++) x[i] = sqrtf(x[i]);
+    }
+    static void xdl_sqrt_block_d(double *x, Py_ssize_t n) {
+        Py_ssize_t i = 0;
+        for (; i + 2 <= n; i += 2) vst1q_f64(x + i, vsqrtq_f64(vld1q_f64(x + i)));
+        for (; i < n; i++) x[i] = sqrt(x[i]);
+    }
+    #else
+    static void xdl_sqrt_block_f(float *x, Py_ssize_t n) {
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) x[i] = sqrtf(x[i]);
+    }
+    static void xdl_sqrt_block_d(double *x, Py_ssize_t n) {
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) x[i] = sqrt(x[i]);
+    }
+    #endif
+    """
+    void xdl_sqrt_block_f(float* x, Py_ssize_t n) noexcept nogil
+    void xdl_sqrt_block_d(double* x, Py_ssize_t n) noexcept nogil
+
+# Elementwise kernels hand out chunks of this many elements. Timed with Adam
+# on 4M elements here: chunks of 4096 were 1.2 (float64) to 1.5 (float32)
+# times slower than these, larger ones no faster. An array of one chunk or
+# less stays on the calling thread.
+ELEMENT_CHUNK = 1 << 16
+
+cdef enum:
+    # Update rules with a square root work in blocks of this many elements:
+    # one loop updates the state and copies the denominators' radicands to a
+    # stack buffer, the square roots are taken there (vectorized), and a
+    # second loop finishes next_w. All of it stays in L1.
+    SQRT_BLOCK = 256
+
+
+cdef inline void _sqrt_block(floating* x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        xdl_sqrt_block_f(x, n)
+    else:
+        xdl_sqrt_block_d(x, n)
+
+
+cdef _run_elementwise(_Work work, Py_ssize_t size, dtype, keep):
+    """Run an elementwise work over `size` elements, ELEMENT_CHUNK per item."""
+    if size:
+        _start(work, size, int(ELEMENT_CHUNK), dtype, keep)
+
+
+# ------------------------------------------------------------------ sgd
+
+cdef struct SgdJob:
+    const void* w
+    const void* dw
+    void* next_w
+    double lr
+
+
+cdef void _sgd_run(Items* items, const SgdJob* j, floating* next_w) noexcept nogil:
+    # next_w = w - lr * dw
+    cdef const floating* w = <const floating*>j.w
+    cdef const floating* dw = <const floating*>j.dw
+    cdef floating lr = <floating>j.lr
+    cdef Py_ssize_t lo = 0, hi = 0, i
+    while _take(items, &lo, &hi):
+        for i in range(lo, hi):
+            next_w[i] = w[i] - lr * dw[i]
+
+
+cdef class _SgdWork(_Work):
+    cdef SgdJob job
+
+    def run(self, int tid):
+        with nogil:
+            if self.is_double:
+                _sgd_run(&self.items, &self.job, <double*>self.job.next_w)
+            else:
+                _sgd_run(&self.items, &self.job, <float*>self.job.next_w)
+
+
+def sgd(w, dw, lr):
+    """
+    Vanilla stochastic gradient descent in one pass.
+
+    Inputs:
+    - w, dw: numpy arrays of one shape and one float dtype
+    - lr: learning rate
+
+    Returns:
+    - next_w: w - lr * dw, a new array (w and dw are not modified)
+    """
+    dtype = _check_arrays((("w", w), ("dw", dw)), ())
+    w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
+    next_w = np.empty(w.shape, dtype=dtype)
+    cdef _SgdWork work = _SgdWork()
+    work.job.w, work.job.dw, work.job.next_w = _address(w, False), _address(dw, False), \
+        _address(next_w, True)
+    work.job.lr = lr
+    _run_elementwise(work, w.size, dtype, (w, dw, next_w))
+    return next_w
+
+
+# --------------------------------------------------------- sgd_momentum
+
+cdef struct SgdMomentumJob:
+    const void* w
+    const void* dw
+    void* v             # velocity, updated in place
+    void* next_w
+    double lr, mu
+
+
+cdef void _sgd_momentum_run(Items* items, const SgdMomentumJob* j, floating* next_w) noexcept nogil:
+    # v = mu * v - lr * dw; next_w = w + v
+    cdef const floating* w = <const floating*>j.w
+    cdef const floating* dw = <const floating*>j.dw
+    cdef floating* v = <floating*>j.v
+    cdef floating lr = <floating>j.lr, mu = <floating>j.mu
+    cdef floating vi
+    cdef Py_ssize_t lo = 0, hi = 0, i
+    while _take(items, &lo, &hi):
+        for i in range(lo, hi):
+            vi = v[i] * mu - lr * dw[i]
+            v[i] = vi
+            next_w[i] = w[i] + vi
+
+
+cdef class _SgdMomentumWork(_Work):
+    cdef SgdMomentumJob job
+
+    def run(self, int tid):
+        with nogil:
+            if self.is_double:
+                _sgd_momentum_run(&self.items, &self.job, <double*>self.job.next_w)
+            else:
+                _sgd_momentum_run(&self.items, &self.job, <float*>self.job.next_w)
+
+
+def sgd_momentum(w, dw, v, lr, mu):
+    """
+    SGD with momentum in one pass.
+
+    Inputs:
+    - w, dw: numpy arrays of one shape and one float dtype
+    - v: velocity, same shape and dtype, C-contiguous; updated in place
+    - lr, mu: learning rate and momentum
+
+    Returns a tuple of:
+    - next_w: w + v (a new array), v being the updated velocity
+    - v: the velocity array given, now mu * v - lr * dw
+    """
+    dtype = _check_arrays((("w", w), ("dw", dw)), (("velocity", v),))
+    w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
+    next_w = np.empty(w.shape, dtype=dtype)
+    cdef _SgdMomentumWork work = _SgdMomentumWork()
+    work.job.w, work.job.dw = _address(w, False), _address(dw, False)
+    work.job.v, work.job.next_w = _address(v, True), _address(next_w, True)
+    work.job.lr, work.job.mu = lr, mu
+    _run_elementwise(work, w.size, dtype, (w, dw, v, next_w))
+    return next_w, v
+
+
+# -------------------------------------------------------------- rmsprop
+
+cdef struct RmspropJob:
+    const void* w
+    const void* dw
+    void* cache         # moving average of dw**2, updated in place
+    void* next_w
+    double lr, decay, eps
+
+
+cdef void _rmsprop_run(Items* items, const RmspropJob* j, floating* next_w) noexcept nogil:
+    # cache = decay * cache + (1 - decay) * dw**2; next_w = w - lr * dw / (sqrt(cache) + eps)
+    cdef const floating* w = <const floating*>j.w
+    cdef const floating* dw = <const floating*>j.dw
+    cdef floating* cache = <floating*>j.cache
+    cdef floating neg_lr = <floating>(-j.lr), decay = <floating>j.decay
+    cdef floating keep = <floating>(1 - j.decay), eps = <floating>j.eps
+    cdef floating g, ci
+    cdef floating root[SQRT_BLOCK]
+    cdef Py_ssize_t lo = 0, hi = 0, b0, bn, i
+    while _take(items, &lo, &hi):
+        b0 = lo
+        while b0 < hi:
+            bn = min(<Py_ssize_t>SQRT_BLOCK, hi - b0)
+            for i in range(bn):
+                g = dw[b0 + i]
+                ci = cache[b0 + i] * decay + (g * g) * keep
+                cache[b0 + i] = ci
+                root[i] = ci
+            _sqrt_block(root, bn)
+            for i in range(bn):
+                next_w[b0 + i] = (dw[b0 + i] / (root[i] + eps)) * neg_lr + w[b0 + i]
+            b0 += bn
+
+
+cdef class _RmspropWork(_Work):
+    cdef RmspropJob job
+
+    def run(self, int tid):
+        with nogil:
+            if self.is_double:
+                _rmsprop_run(&self.items, &self.job, <double*>self.job.next_w)
+            else:
+                _rmsprop_run(&self.items, &self.job, <float*>self.job.next_w)
+
+
+def rmsprop(w, dw, cache, lr, decay, eps):
+    """
+    RMSProp in one pass.
+
+    Inputs:
+    - w, dw: numpy arrays of one shape and one float dtype
+    - cache: moving average of squared gradients, same shape and dtype,
+      C-contiguous; updated in place
+    - lr, decay, eps: learning rate, decay rate and smoothing term
+
+    Returns a tuple of:
+    - next_w: w - lr * dw / (sqrt(cache) + eps) with the updated cache (a new array)
+    - cache: the cache array given, now decay * cache + (1 - decay) * dw**2
+    """
+    dtype = _check_arrays((("w", w), ("dw", dw)), (("cache", cache),))
+    w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
+    next_w = np.empty(w.shape, dtype=dtype)
+    cdef _RmspropWork work = _RmspropWork()
+    work.job.w, work.job.dw = _address(w, False), _address(dw, False)
+    work.job.cache, work.job.next_w = _address(cache, True), _address(next_w, True)
+    work.job.lr, work.job.decay, work.job.eps = lr, decay, eps
+    _run_elementwise(work, w.size, dtype, (w, dw, cache, next_w))
+    return next_w, cache
+
+
+# ----------------------------------------------------------------- adam
+
+cdef inline void _adam_moments(const floating* dw, floating* m, floating* v, floating* root,
+                               Py_ssize_t n, floating b1, floating k1, floating b2,
+                               floating k2) noexcept nogil:
+    # m = beta1 * m + (1 - beta1) * dw; v = beta2 * v + (1 - beta2) * dw**2;
+    # root = sqrt(v). k1 = 1 - beta1, k2 = 1 - beta2.
+    cdef floating g, vi
+    cdef Py_ssize_t i
+    for i in range(n):
+        g = dw[i]
+        m[i] = m[i] * b1 + k1 * g
+        vi = v[i] * b2 + (g * g) * k2
+        v[i] = vi
+        root[i] = vi
+    _sqrt_block(root, n)
+
+
+cdef struct AdamJob:
+    const void* w
+    const void* dw
+    void* m             # first moment, updated in place
+    void* v             # second moment, updated in place
+    void* next_w
+    double beta1, beta2, step, eps_hat
+
+
+cdef void _adam_run(Items* items, const AdamJob* j, floating* next_w) noexcept nogil:
+    # The moments, then next_w = w - step * m / (sqrt(v) + eps_hat), the bias
+    # correction being in step and eps_hat.
+    cdef const floating* w = <const floating*>j.w
+    cdef const floating* dw = <const floating*>j.dw
+    cdef floating* m = <floating*>j.m
+    cdef floating* v = <floating*>j.v
+    cdef floating b1 = <floating>j.beta1, k1 = <floating>(1 - j.beta1)
+    cdef floating b2 = <floating>j.beta2, k2 = <floating>(1 - j.beta2)
+    cdef floating neg_step = <floating>(-j.step), eps = <floating>j.eps_hat
+    cdef floating root[SQRT_BLOCK]
+    cdef Py_ssize_t lo = 0, hi = 0, b0, bn, i
+    while _take(items, &lo, &hi):
+        b0 = lo
+        while b0 < hi:
+            bn = min(<Py_ssize_t>SQRT_BLOCK, hi - b0)
+            _adam_moments(dw + b0, m + b0, v + b0, root, bn, b1, k1, b2, k2)
+            for i in range(bn):
+                next_w[b0 + i] = (m[b0 + i] / (root[i] + eps)) * neg_step + w[b0 + i]
+            b0 += bn
+
+
+cdef class _AdamWork(_Work):
+    cdef AdamJob job
+
+    def run(self, int tid):
+        with nogil:
+            if self.is_double:
+                _adam_run(&self.items, &self.job, <double*>self.job.next_w)
+            else:
+                _adam_run(&self.items, &self.job, <float*>self.job.next_w)
+
+
+def adam(w, dw, m, v, beta1, beta2, step, eps_hat):
+    """
+    Adam in one pass.
+
+    Inputs:
+    - w, dw: numpy arrays of one shape and one float dtype
+    - m, v: first and second moments, same shape and dtype, C-contiguous;
+      updated in place
+    - beta1, beta2: decay rates of the moments
+    - step, eps_hat: learning rate and epsilon with the bias correction
+      folded in (computed by xdl.optim.adam)
+
+    Returns a tuple of:
+    - next_w: w - step * m / (sqrt(v) + eps_hat) with the updated moments (a new array)
+    - m: the array given, now beta1 * m + (1 - beta1) * dw
+    - v: the array given, now beta2 * v + (1 - beta2) * dw**2
+    """
+    dtype = _check_arrays((("w", w), ("dw", dw)), (("m", m), ("v", v)))
+    w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
+    next_w = np.empty(w.shape, dtype=dtype)
+    cdef _AdamWork work = _AdamWork()
+    work.job.w, work.job.dw = _address(w, False), _address(dw, False)
+    work.job.m, work.job.v = _address(m, True), _address(v, True)
+    work.job.next_w = _address(next_w, True)
+    work.job.beta1, work.job.beta2, work.job.step, work.job.eps_hat = beta1, beta2, step, eps_hat
+    _run_elementwise(work, w.size, dtype, (w, dw, m, v, next_w))
+    return next_w, m, v
+
+
+# ---------------------------------------------------------------- adamw
+
+cdef struct AdamWJob:
+    const void* w
+    const void* dw
+    void* m             # first moment, updated in place
+    void* v             # second moment, updated in place
+    void* next_w
+    double beta1, beta2, step, eps_hat, shrink
+
+
+cdef void _adamw_run(Items* items, const AdamWJob* j, floating* next_w) noexcept nogil:
+    # The moments of adam, then next_w = shrink * w - step * m / (sqrt(v) + eps_hat),
+    # shrink = 1 - lr * weight_decay (the decoupled weight decay).
+    cdef const floating* w = <const floating*>j.w
+    cdef const floating* dw = <const floating*>j.dw
+    cdef floating* m = <floating*>j.m
+    cdef floating* v = <floating*>j.v
+    cdef floating b1 = <floating>j.beta1, k1 = <floating>(1 - j.beta1)
+    cdef floating b2 = <floating>j.beta2, k2 = <floating>(1 - j.beta2)
+    cdef floating neg_step = <floating>(-j.step), eps = <floating>j.eps_hat
+    cdef floating shrink = <floating>j.shrink
+    cdef floating root[SQRT_BLOCK]
+    cdef Py_ssize_t lo = 0, hi = 0, b0, bn, i
+    while _take(items, &lo, &hi):
+        b0 = lo
+        while b0 < hi:
+            bn = min(<Py_ssize_t>SQRT_BLOCK, hi - b0)
+            _adam_moments(dw + b0, m + b0, v + b0, root, bn, b1, k1, b2, k2)
+            for i in range(bn):
+                next_w[b0 + i] = (m[b0 + i] / (root[i] + eps)) * neg_step + w[b0 + i] * shrink
+            b0 += bn
+
+
+cdef class _AdamWWork(_Work):
+    cdef AdamWJob job
+
+    def run(self, int tid):
+        with nogil:
+            if self.is_double:
+                _adamw_run(&self.items, &self.job, <double*>self.job.next_w)
+            else:
+                _adamw_run(&self.items, &self.job, <float*>self.job.next_w)
+
+
+def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink):
+    """
+    AdamW (Adam with decoupled weight decay) in one pass.
+
+    Inputs:
+    - w, dw, m, v, beta1, beta2, step, eps_hat: as adam
+    - shrink: 1 - learning_rate * weight_decay (computed by xdl.optim.adamw)
+
+    Returns a tuple of:
+    - next_w: shrink * w - step * m / (sqrt(v) + eps_hat) with the updated
+      moments (a new array)
+    - m, v: the arrays given, updated as in adam
+    """
+    dtype = _check_arrays((("w", w), ("dw", dw)), (("m", m), ("v", v)))
+    w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
+    next_w = np.empty(w.shape, dtype=dtype)
+    cdef _AdamWWork work = _AdamWWork()
+    work.job.w, work.job.dw = _address(w, False), _address(dw, False)
+    work.job.m, work.job.v = _address(m, True), _address(v, True)
+    work.job.next_w = _address(next_w, True)
+    work.job.beta1, work.job.beta2, work.job.step, work.job.eps_hat = beta1, beta2, step, eps_hat
+    work.job.shrink = shrink
+    _run_elementwise(work, w.size, dtype, (w, dw, m, v, next_w))
+    return next_w, m, v
+
+
+# ------------------------------------------------------- sum of squares
+
+cdef struct SumOfSquaresJob:
+    const void* x
+    double* partials    # one float64 sum per chunk, added in chunk order afterwards
+
+
+cdef void _sum_of_squares_run(Items* items, const SumOfSquaresJob* j,
+                              const floating* x) noexcept nogil:
+    # Eight independent partial sums in double per chunk: the loop vectorizes
+    # (one running sum would be a chain of dependent additions), and a
+    # chunk's error stays far below float32's rounding.
+    cdef double acc[8]
+    cdef double v
+    cdef Py_ssize_t lo = 0, hi = 0, i, k, n8
+    while _take(items, &lo, &hi):
+        for k in range(8):
+            acc[k] = 0
+        n8 = hi - (hi - lo) % 8
+        for i in range(lo, n8, 8):
+            for k in range(8):
+                v = x[i + k]
+                acc[k] += v * v
+        for i in range(n8, hi):
+            v = x[i]
+            acc[0] += v * v
+        j.partials[lo // items.grain] = (((acc[0] + acc[1]) + (acc[2] + acc[3]))
+                                         + ((acc[4] + acc[5]) + (acc[6] + acc[7])))
+
+
+cdef class _SumOfSquaresWork(_Work):
+    cdef SumOfSquaresJob job
+
+    def run(self, int tid):
+        with nogil:
+            if self.is_double:
+                _sum_of_squares_run(&self.items, &self.job, <const double*>self.job.x)
+            else:
+                _sum_of_squares_run(&self.items, &self.job, <const float*>self.job.x)
+
+
+def sum_of_squares(x):
+    """
+    Sum of the squares of the elements of x, without a temporary the size
+    of x. Each chunk is summed in float64; the chunk sums are added in chunk
+    order, so the result does not depend on the threads.
+
+    Inputs:
+    - x: numpy float32 or float64 array
+
+    Returns:
+    - a scalar of x's dtype
+    """
+    dtype = _check_arrays((("x", x),), ())
+    x = np.ascontiguousarray(x)
+    chunk = max(1, int(ELEMENT_CHUNK))
+    partials = np.zeros((x.size + chunk - 1) // chunk, dtype=np.float64)
+    cdef _SumOfSquaresWork work = _SumOfSquaresWork()
+    work.job.x = _address(x, False)
+    work.job.partials = <double*>_address(partials, True)
+    if x.size:
+        _start(work, x.size, chunk, dtype, (x, partials))
+    return dtype.type(partials.sum())
+
+
+# ----------------------------------------------------------------- axpy
+
+cdef struct AxpyJob:
+    const void* x
+    void* y             # updated in place
+    double alpha
+
+
+cdef void _axpy_run(Items* items, const AxpyJob* j, floating* y) noexcept nogil:
+    # y += alpha * x
+    cdef const floating* x = <const floating*>j.x
+    cdef floating alpha = <floating>j.alpha
+    cdef Py_ssize_t lo = 0, hi = 0, i
+    while _take(items, &lo, &hi):
+        for i in range(lo, hi):
+            y[i] = y[i] + alpha * x[i]
+
+
+cdef class _AxpyWork(_Work):
+    cdef AxpyJob job
+
+    def run(self, int tid):
+        with nogil:
+            if self.is_double:
+                _axpy_run(&self.items, &self.job, <double*>self.job.y)
+            else:
+                _axpy_run(&self.items, &self.job, <float*>self.job.y)
+
+
+def axpy(alpha, x, y):
+    """
+    y += alpha * x, in place, in one pass (no temporary the size of x).
+
+    Inputs:
+    - alpha: scalar
+    - x: numpy array of one float dtype
+    - y: array of x's shape and dtype, C-contiguous and writeable
+
+    Returns:
+    - y
+    """
+    dtype = _check_arrays((("x", x),), (("y", y),))
+    x = np.ascontiguousarray(x)
+    cdef _AxpyWork work = _AxpyWork()
+    work.job.x, work.job.y = _address(x, False), _address(y, True)
+    work.job.alpha = alpha
+    _run_elementwise(work, x.size, dtype, (x, y))
+    return y

@@ -1,0 +1,221 @@
+# Max pooling on the CPU (included by _cpu_kernels.pyx): direct passes over
+# (n, c) planes, which threads take in bands (xdl/DESIGN.md, "The CPU
+# kernels").
+
+# Pooling hands out bands of planes of about this many input pixels.
+POOL_BAND_PIXELS = 4096
+
+
+cdef struct PoolShape:
+    int N, C, H, W, ph, pw, stride, OH, OW
+
+
+cdef PoolShape _pool_shape(x_shape, int ph, int pw, int stride, int OH, int OW):
+    cdef PoolShape s
+    s.N, s.C, s.H, s.W = x_shape
+    s.ph, s.pw, s.stride, s.OH, s.OW = ph, pw, stride, OH, OW
+    return s
+
+
+def _band(int H, int W):
+    """Planes per item of work: about POOL_BAND_PIXELS input pixels."""
+    return max(1, POOL_BAND_PIXELS // max(1, H * W))
+
+
+cdef void _pool_forward_plane(const floating* x, floating* out, int* am,
+                              PoolShape s) noexcept nogil:
+    # out[oh, ow] = max of the window; am = kh*pw + kw of its first maximum.
+    cdef Py_ssize_t oh, ow, i, j
+    cdef int k
+    cdef int W = s.W, OW = s.OW
+    cdef floating best, v
+    cdef const floating* r0
+    cdef const floating* r1
+    if s.ph == 2 and s.pw == 2 and s.stride == 2:
+        for oh in range(s.OH):
+            r0 = x + 2 * oh * W
+            r1 = r0 + W
+            for ow in range(OW):
+                # Written so that GCC turns the float case into SIMD selects.
+                best = r0[2 * ow]
+                k = 0
+                v = r0[2 * ow + 1]
+                if v > best:  # strict: the first maximum keeps ties
+                    best = v
+                    k = 1
+                v = r1[2 * ow]
+                if v > best:
+                    best = v
+                    k = 2
+                v = r1[2 * ow + 1]
+                if v > best:
+                    best = v
+                    k = 3
+                out[oh * OW + ow] = best
+                am[oh * OW + ow] = k
+        return
+    for oh in range(s.OH):
+        for ow in range(OW):
+            r0 = x + oh * s.stride * W + ow * s.stride
+            best = r0[0]
+            k = 0
+            for i in range(s.ph):
+                for j in range(s.pw):
+                    v = r0[i * W + j]
+                    if v > best:  # strict: the first maximum keeps ties
+                        best = v
+                        k = i * s.pw + j
+            out[oh * OW + ow] = best
+            am[oh * OW + ow] = k
+
+
+cdef void _pool_backward_plane(const floating* dout, const int* am, floating* dx,
+                               PoolShape s) noexcept nogil:
+    # An argmax entry that is not a window index contributes nothing (as on
+    # every backend): nothing is ever written outside the plane.
+    cdef Py_ssize_t oh, ow, j, o
+    cdef int k
+    cdef int W = s.W, pw = s.pw
+    cdef unsigned int window = s.ph * pw
+    cdef floating* r0
+    if s.ph == 2 and pw == 2 and s.stride == 2 and s.H == 2 * s.OH and W == 2 * s.OW:
+        # 2x2 windows that tile the plane, as below without dividing by pw.
+        for oh in range(s.OH):
+            r0 = dx + 2 * oh * W
+            memset(r0, 0, <size_t>(2 * W) * sizeof(floating))
+            for ow in range(s.OW):
+                o = oh * s.OW + ow
+                k = am[o]
+                if <unsigned int>k < 4:
+                    r0[(k >> 1) * W + 2 * ow + (k & 1)] = dout[o]
+        return
+    if s.ph == s.stride and pw == s.stride and s.H == s.ph * s.OH and W == pw * s.OW:
+        # Windows tile the plane: zero one band of ph rows while it is in L1,
+        # then store each gradient at its argmax.
+        for oh in range(s.OH):
+            r0 = dx + oh * s.ph * W
+            for j in range(s.ph * W):
+                r0[j] = 0
+            for ow in range(s.OW):
+                o = oh * s.OW + ow
+                k = am[o]
+                if <unsigned int>k < window:
+                    r0[(k // pw) * W + ow * pw + k % pw] = dout[o]
+        return
+    # Overlapping windows or uncovered pixels: zero, then add.
+    memset(dx, 0, <size_t>s.H * W * sizeof(floating))
+    for oh in range(s.OH):
+        for ow in range(s.OW):
+            o = oh * s.OW + ow
+            k = am[o]
+            if <unsigned int>k < window:
+                dx[(oh * s.stride + k // pw) * W + ow * s.stride + k % pw] += dout[o]
+
+
+# ------------------------------------------------ the planes of a call
+
+cdef struct PoolForwardJob:
+    PoolShape s
+    const void* x       # (N*C planes, H, W)
+    void* out           # (N*C, OH, OW)
+    void* argmax        # (N*C, OH, OW) int32
+
+
+cdef void _pool_forward_run(Items* items, const PoolForwardJob* j, floating* out) noexcept nogil:
+    cdef const floating* x = <const floating*>j.x
+    cdef int* argmax = <int*>j.argmax
+    cdef Py_ssize_t plane = <Py_ssize_t>j.s.H * j.s.W, P = <Py_ssize_t>j.s.OH * j.s.OW
+    cdef Py_ssize_t lo = 0, hi = 0, n
+    while _take(items, &lo, &hi):
+        for n in range(lo, hi):
+            _pool_forward_plane(x + n * plane, out + n * P, argmax + n * P, j.s)
+
+
+cdef class _PoolForwardWork(_Work):
+    cdef PoolForwardJob job
+
+    def run(self, int tid):
+        with nogil:
+            if self.is_double:
+                _pool_forward_run(&self.items, &self.job, <double*>self.job.out)
+            else:
+                _pool_forward_run(&self.items, &self.job, <float*>self.job.out)
+
+
+cdef struct PoolBackwardJob:
+    PoolShape s
+    const void* dout    # (N*C planes, OH, OW)
+    const void* argmax  # (N*C, OH, OW) int32
+    void* dx            # (N*C, H, W)
+
+
+cdef void _pool_backward_run(Items* items, const PoolBackwardJob* j, floating* dx) noexcept nogil:
+    cdef const floating* dout = <const floating*>j.dout
+    cdef const int* argmax = <const int*>j.argmax
+    cdef Py_ssize_t plane = <Py_ssize_t>j.s.H * j.s.W, P = <Py_ssize_t>j.s.OH * j.s.OW
+    cdef Py_ssize_t lo = 0, hi = 0, n
+    while _take(items, &lo, &hi):
+        for n in range(lo, hi):
+            _pool_backward_plane(dout + n * P, argmax + n * P, dx + n * plane, j.s)
+
+
+cdef class _PoolBackwardWork(_Work):
+    cdef PoolBackwardJob job
+
+    def run(self, int tid):
+        with nogil:
+            if self.is_double:
+                _pool_backward_run(&self.items, &self.job, <double*>self.job.dx)
+            else:
+                _pool_backward_run(&self.items, &self.job, <float*>self.job.dx)
+
+
+def maxpool_forward(x, int ph, int pw, int stride, int OH, int OW):
+    """
+    Inputs:
+    - x: (N, C, H, W); ph, pw: window; stride; OH, OW: output size
+
+    Returns:
+    - out: (N, C, OH, OW) window maxima
+    - argmax: (N, C, OH, OW) int32, index kh*pw + kw of the first maximum of
+      each window in row-major order (np.argmax's tie rule)
+    """
+    x = _floating(x, "x")
+    _boundary.check_pool_forward(x, ph, pw, stride, OH, OW)
+    cdef _PoolForwardWork work = _PoolForwardWork()
+    work.job.s = _pool_shape(x.shape, ph, pw, stride, OH, OW)
+    N, C = x.shape[:2]
+    out = np.empty((N, C, OH, OW), dtype=x.dtype)
+    argmax = np.empty((N, C, OH, OW), dtype=np.int32)
+    if out.size:
+        work.job.x = _address(x, False)
+        work.job.out, work.job.argmax = _address(out, True), _address(argmax, True)
+        _start(work, N * C, _band(x.shape[2], x.shape[3]), x.dtype, (x, out, argmax))
+    return out, argmax
+
+
+def maxpool_backward(dout, argmax, x_shape, int ph, int pw, int stride, int OH, int OW):
+    """
+    Inputs:
+    - dout: (N, C, OH, OW); argmax: from maxpool_forward; x_shape: (N, C, H, W)
+
+    Returns:
+    - dx: (N, C, H, W); each dout entry added to the pixel its argmax names
+      (overlapping windows accumulate)
+    """
+    dout = _floating(dout, "dout")
+    _boundary.check_pool_backward(dout, argmax, x_shape, ph, pw, stride, OH, OW)
+    argmax = np.ascontiguousarray(argmax, dtype=np.int32)
+    cdef _PoolBackwardWork work = _PoolBackwardWork()
+    work.job.s = _pool_shape(tuple(x_shape), ph, pw, stride, OH, OW)
+    N, C, H, W = x_shape
+    dx = np.empty((N, C, H, W), dtype=dout.dtype)
+    if dx.size == 0:
+        return dx
+    if dout.size == 0:
+        dx[...] = 0
+        return dx
+    work.job.dout, work.job.argmax = _address(dout, False), _address(argmax, False)
+    work.job.dx = _address(dx, True)
+    _start(work, N * C, _band(H, W), dout.dtype, (dout, argmax, dx))
+    return dx
