@@ -15,12 +15,13 @@ an interrupted sweep. At the end: the table of results (also in
 results.txt), notebook 01's accuracy plot over two hyperparameters, and the
 best model restored from its checkpoint, saved and scored on the test set.
 """
-import argparse
 import os
 import sys
 
-from xdl import data_utils, sweep
+from xdl import sweep
 from xdl.backends import BackendError
+
+import common
 
 # The notebooks' searches. "grid" reproduces a notebook's nested loops (used
 # unless --trials asks for random search); "random" is the random-search space.
@@ -76,65 +77,65 @@ PRESETS = {
 
 
 def parser():
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
+    p = common.ArgumentParser(
+        __doc__.splitlines()[0],
         epilog="presets:\n" + "\n".join("  %-10s %s" % (k, v["help"])
-                                          for k, v in PRESETS.items()),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+                                          for k, v in PRESETS.items()))
     p.add_argument("--preset", choices=sorted(PRESETS), default="two_layer",
-                   help="which notebook's search to run (default: %(default)s)")
-    p.add_argument("--trials", type=int, default=None,
-                   help="random search with this many trials (default: the preset's grid, "
-                        "or 16 trials for fc and 8 for cnn)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="epochs per trial (default: the preset's: 10 for two_layer, 15 for fc, 1 "
-                        "for cnn)")
-    p.add_argument("--num-iters", type=int, default=None,
-                   help="iterations per trial of the softmax preset (default 2000)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="minibatch size (default: the preset's)")
-    p.add_argument("--halving", type=int, default=None, metavar="ETA",
-                   help="successive halving keeping the best 1/ETA each rung (0: off; "
-                        "default: 3 for fc, off otherwise)")
-    p.add_argument("--min-epochs", type=int, default=1,
-                   help="epochs of the first rung of successive halving (default: %(default)s)")
+                   help="Which notebook's search to run.")
+    p.add_argument("--trials", type=common.positive_int, default=None,
+                   help="Random search with this many trials (default: the preset's grid, "
+                        "or 16 trials for fc and 8 for cnn).")
+    p.add_argument("--epochs", type=common.positive_int, default=None,
+                   help="Epochs per trial (default: the preset's: 10 for two_layer, 15 for "
+                        "fc, 1 for cnn).")
+    p.add_argument("--num-iters", type=common.positive_int, default=None,
+                   help="Iterations per trial of the softmax preset (default: 2000).")
+    p.add_argument("--batch-size", type=common.positive_int, default=None,
+                   help="Images per training step (default: the preset's).")
+    p.add_argument("--halving", type=common.nonneg_int, default=None, metavar="ETA",
+                   help="Successive halving that keeps the best 1/ETA of the trials at each "
+                        "rung; 0 turns it off (default: 3 for fc, off otherwise).")
+    p.add_argument("--min-epochs", type=common.positive_int, default=1,
+                   help="Epochs of the first rung of successive halving.")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="run on this Dask scheduler, e.g. tcp://host:8786 (default: an "
-                        "embedded LocalCluster)")
-    p.add_argument("--connect-timeout", type=float, default=10,
-                   help="seconds to wait for --scheduler to answer (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="worker processes of the embedded cluster (default: one per core)")
+                   help="Run on this Dask scheduler, e.g. tcp://host:8786 (default: an "
+                        "embedded LocalCluster).")
+    p.add_argument("--connect-timeout", type=common.positive_float, default=10,
+                   help="Seconds to wait for --scheduler to answer.")
+    p.add_argument("--workers", type=common.positive_int, default=None,
+                   help="Worker processes of the embedded cluster (default: one per core).")
     p.add_argument("--gpus", action="store_true",
-                   help="one worker per visible GPU (CUDA_VISIBLE_DEVICES), trials on the "
-                        "cuda backend")
-    p.add_argument("--trials-per-gpu", type=int, default=1,
-                   help="with --gpus: small trials that share one GPU at once "
-                        "(default: %(default)s)")
-    p.add_argument("--out-dir", default=None,
-                   help="journal, checkpoints, table, plot and best model (default: "
-                        "outputs/sweep_PRESET)")
+                   help="One worker per visible GPU (CUDA_VISIBLE_DEVICES), trials on the "
+                        "cuda backend; the same as --device cuda.")
+    p.add_argument("--trials-per-gpu", type=common.positive_int, default=1,
+                   help="With --gpus: small trials that share one GPU at once.")
     p.add_argument("--resume", action="store_true",
-                   help="continue the journal in --out-dir: trials recorded ok or diverged are "
-                        "skipped, failed ones run again")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                   help="dtype of the data and the models (default: %(default)s)")
-    p.add_argument("--data-dir", default=None,
-                   help="folder holding cifar-10-batches-py (default: $XDL_DATA_DIR or "
-                        "~/.cache/xdl); the workers read it there")
-    p.add_argument("--num-train", type=int, default=49000,
-                   help="training images to use (default: %(default)s)")
-    p.add_argument("--synthetic", action="store_true",
-                   help="random images instead of CIFAR-10 (a smoke test; accuracy ~0.1)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of each trial's weights and minibatches, and of random search "
-                        "(default: %(default)s)")
+                   help="Continue the journal in --out-dir: trials recorded ok or diverged "
+                        "are skipped, failed ones run again.")
     p.add_argument("--plot", nargs=2, default=None, metavar=("X", "Y"),
-                   help="hyperparameters on the axes of the accuracy plot (default: "
-                        "learning_rate reg)")
-    p.add_argument("--top", type=int, default=20,
-                   help="rows of the table to print (default: %(default)s)")
+                   help="The hyperparameters on the axes of the accuracy plot (default: "
+                        "learning_rate reg).")
+    p.add_argument("--top", type=common.positive_int, default=20,
+                   help="Rows of the results table to print.")
+    common.add_common_flags(p, out_dir=None)
     return p
+
+
+def parse(p, argv):
+    """Parse and check the flags before anything is loaded or started."""
+    args = p.parse_args(argv)
+    if not args.synthetic and args.num_train > 49000:
+        p.error("argument --num-train: at most 49000 CIFAR-10 images are for training, "
+                "got %d" % args.num_train)
+    if args.data_dir is not None and not args.synthetic and not args.download \
+            and not os.path.isdir(args.data_dir):
+        p.error("argument --data-dir: %s is not a folder (add --download to download "
+                "CIFAR-10 into it)" % args.data_dir)
+    args.gpus = args.gpus or args.device == "cuda"
+    args.out_dir = args.out_dir or os.path.join("outputs", "sweep_%s" % args.preset)
+    common.check_writable(p, args.out_dir)
+    return args
 
 
 def settings_from(args, preset, p):
@@ -163,32 +164,14 @@ def search_space(args, preset):
     return sweep.random_search(preset["random"], trials, seed=args.seed), "random search"
 
 
-def ensure_data(args, source):
-    """CIFAR-10 for the driver (test score) and an embedded cluster's workers."""
-    if args.synthetic:
-        return
-    folder = data_utils.cifar10_folder(args.data_dir)
-    if data_utils.is_complete(folder):
-        return
-    if args.data_dir is not None or args.scheduler is not None:
-        raise FileNotFoundError("CIFAR-10 is not in %s; python -m xdl.data_utils download "
-                                "puts it in the default folder" % folder)
-    print("CIFAR-10 is not in %s: downloading it (163 MB)." % folder)
-    data_utils.download_cifar10(os.path.dirname(folder))
-
-
 def main(argv=None):
     p = parser()
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     preset = PRESETS[args.preset]
-    for name in ("trials", "workers", "trials_per_gpu", "num_train", "top"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            p.error("--%s must be >= 1, got %d" % (name.replace("_", "-"), value))
     settings = settings_from(args, preset, p)
     halving_eta = args.halving if args.halving is not None else preset.get("halving", 0)
-    out_dir = args.out_dir or os.path.join("outputs", "sweep_%s" % args.preset)
     x, y = args.plot or preset["plot"]
+    out_dir = args.out_dir
 
     try:
         points, kind = search_space(args, preset)
@@ -196,8 +179,12 @@ def main(argv=None):
                                   dtype=args.dtype, synthetic=args.synthetic, seed=args.seed)
         halving = sweep.SuccessiveHalving(eta=halving_eta, min_epochs=args.min_epochs) \
             if halving_eta else None
-        ensure_data(args, source)
-        print("%s preset: %s of %d points" % (args.preset, kind, len(points)))
+    except ValueError as exc:
+        p.error(str(exc))
+    if not args.synthetic:  # this process scores the best model on the test set
+        common.cifar10_folder(args)
+    print("%s preset: %s of %d points" % (args.preset, kind, len(points)))
+    try:
         result = sweep.run_sweep(
             points, model=preset.get("model", "Softmax"), settings=settings, data=source,
             out_dir=out_dir, seed=args.seed, halving=halving, resume=args.resume,
@@ -205,8 +192,7 @@ def main(argv=None):
             trials_per_gpu=args.trials_per_gpu, connect_timeout=args.connect_timeout)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError, ConnectionError,
             BackendError, ImportError) as exc:
-        print("%s: error: %s" % (os.path.basename(sys.argv[0]), exc), file=sys.stderr)
-        return 2
+        common.fail(str(exc), 2)
 
     counts = ", ".join("%d %s" % (n, s) for s, n in sorted(result.counts().items()))
     print("\n%d trials (%s), best first:" % (len(result.records), counts))

@@ -567,6 +567,9 @@ def test_example_script_on_a_scheduler_address(client, tmp_path):
     assert r.returncode == 2 and "--resume" in r.stderr and "Traceback" not in r.stderr
     r = run("--preset", "softmax", "--trials", "3", "--num-iters", "20", "--resume")
     assert r.returncode == 0 and "3 of 3 trials are in the journal already; running 0" in r.stdout
+    r = run("--preset", "softmax", "--trials", "0")
+    assert r.returncode == 2 and "--trials: must be an integer > 0" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
     address = "tcp://127.0.0.1:%d" % free_port()
     r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "sweep.py"),
                         "--synthetic", "--scheduler", address, "--connect-timeout", "1",
