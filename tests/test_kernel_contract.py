@@ -29,6 +29,7 @@ from xdl.gradient_check import eval_numerical_gradient_array, rel_error
 
 from conftest import cupy_or_skip
 from cuda_emulation import emulate, host_kernels  # noqa: F401 (a fixture)
+import cases
 from helpers import assert_close, host
 
 FLOATS = [np.float32, np.float64]
@@ -164,33 +165,13 @@ def _conv_matrix():
     return cases
 
 
-# (x shape, w shape, stride, pad): the shape matrix, then hand-picked cases
-# (batches of 3 and 4, other channel and filter counts).
-CONV_CASES = _conv_matrix() + [
-    ((2, 3, 7, 6), (4, 3, 3, 3), 1, 1),
-    ((3, 2, 7, 9), (5, 2, 3, 3), 2, 0),
-    ((2, 3, 6, 8), (4, 3, 3, 2), 1, 2),
-    ((2, 2, 9, 8), (3, 2, 3, 2), 3, 0),
-    ((2, 3, 8, 5), (4, 3, 2, 3), 2, 1),
-    ((3, 2, 5, 7), (2, 2, 2, 3), 1, 0),
-    ((2, 4, 5, 7), (3, 4, 1, 1), 1, 0),
-    ((2, 3, 6, 9), (2, 3, 1, 1), 3, 2),
-    ((4, 2, 10, 13), (6, 2, 3, 3), 3, 1),
-    ((2, 3, 7, 8), (4, 3, 3, 2), 2, 1),
-]
-CONV_IDS = ["x%s-w%s-s%d-p%d" % ("x".join(map(str, xs)), "x".join(map(str, ws)), s, p)
-            for xs, ws, s, p in CONV_CASES]
+# (x shape, w shape, stride, pad): the shape matrix, then the layer tests'
+# hand-picked cases (batches of 3 and 4, other channel and filter counts).
+CONV_CASES = _conv_matrix() + cases.CONV_CASES + [((2, 3, 7, 8), (4, 3, 3, 2), 2, 1)]
+CONV_IDS = cases.conv_ids(CONV_CASES)
 
-# (x shape, pool_height, pool_width, stride): non-overlapping windows that
-# tile, overlapping windows, gaps between windows (stride > window), 1x1.
-POOL_CASES = [
-    ((2, 3, 8, 6), 2, 2, 2),
-    ((3, 2, 9, 7), 3, 3, 2),
-    ((2, 3, 6, 7), 2, 3, 1),
-    ((2, 2, 8, 11), 2, 2, 3),
-    ((2, 3, 9, 8), 3, 2, 3),
-    ((2, 3, 9, 6), 3, 3, 3),
-    ((2, 2, 5, 4), 1, 1, 1),
+# The layer tests' pooling cases, and more of each kind.
+POOL_CASES = cases.POOL_CASES + [
     ((2, 3, 8, 10), 2, 2, 2),
     ((2, 3, 9, 11), 3, 3, 2),
     ((2, 3, 5, 7), 2, 3, 1),
@@ -198,7 +179,7 @@ POOL_CASES = [
     ((2, 3, 4, 5), 1, 1, 1),
     ((2, 3, 5, 6), 2, 2, 1),
 ]
-POOL_IDS = ["x%s-%dx%d-s%d" % ("x".join(map(str, xs)), ph, pw, s) for xs, ph, pw, s in POOL_CASES]
+POOL_IDS = cases.pool_ids(POOL_CASES)
 
 
 def conv_inputs(xs, ws, stride, pad, seed=0):
