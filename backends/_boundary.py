@@ -9,6 +9,8 @@ raises a ValueError that names the argument and both shapes. The layers in
 xdl check their inputs too, with messages in the user's terms; these checks
 guard the kernels themselves, whoever calls them.
 """
+import math
+import numbers
 
 
 def _shape(a):
@@ -121,10 +123,15 @@ def check_same_shape(*named):
                              % (name, _shape(a), first, _shape(ref)))
 
 
-def check_matmul(a, b):
+def check_matmul(a, b, c=None, beta=0.0):
     if len(a.shape) != 2 or len(b.shape) != 2 or a.shape[1] != b.shape[0]:
         raise ValueError("matmul needs a (M, K) and b (K, N), got %s and %s"
                          % (_shape(a), _shape(b)))
+    if c is not None and _shape(c) != (a.shape[0], b.shape[1]):
+        raise ValueError("matmul's c must have the shape (M, N) = %s of a @ b (a %s, b %s), "
+                         "got %s" % ((a.shape[0], b.shape[1]), _shape(a), _shape(b), _shape(c)))
+    if not isinstance(beta, numbers.Real) or not math.isfinite(beta):
+        raise ValueError("matmul's beta must be a finite number, got %r" % (beta,))
 
 
 def check_scores(x, y):

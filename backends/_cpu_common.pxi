@@ -3,7 +3,7 @@
 # runs, array addresses and argument checks. xdl/DESIGN.md, "The CPU
 # kernels", explains the pattern and how to add a kind of kernel.
 
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 cdef extern from *:

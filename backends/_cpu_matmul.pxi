@@ -54,6 +54,8 @@ cdef struct MatmulJob:
     const void* a
     const void* b
     void* c
+    const void* add     # NULL, or C-contiguous (M, N): C = A @ B + beta * add
+    double beta
 
 
 cdef void _matmul_block(const MatmulJob* g, Py_ssize_t t, Py_ssize_t k0, const floating* A,
@@ -70,8 +72,18 @@ cdef void _matmul_block(const MatmulJob* g, Py_ssize_t t, Py_ssize_t k0, const f
     # (a transposed view) is B with ld K, read transposed.
     cdef const floating* pb = B + (k0 * g.N + j0 if g.tb == c'N' else j0 * g.K + k0)
     cdef const floating* pa = A + (i0 * g.K + k0 if g.ta == c'N' else k0 * g.M + i0)
+    cdef floating beta = <floating>(k0 > 0)
+    cdef Py_ssize_t i
+    cdef const floating* add
+    if k0 == 0 and g.add != NULL:
+        # The tile of `add` goes into the tile of C first, while it is in
+        # cache: the product then adds to beta * add (no second pass).
+        add = <const floating*>g.add
+        for i in range(i0, i0 + mn):
+            memcpy(C + i * g.N + j0, add + i * g.N + j0, nn * sizeof(floating))
+        beta = <floating>g.beta
     _gemm(g.tb, g.ta, nn, mn, kn, <floating>1, pb, g.ldb, pa, g.lda,
-          <floating>(k0 > 0), C + i0 * g.N + j0, g.N)
+          beta, C + i0 * g.N + j0, g.N)
 
 
 cdef void _matmul_run(Items* items, const MatmulJob* j, floating* C) noexcept nogil:
@@ -107,10 +119,10 @@ cdef _operand(a):
     return np.ascontiguousarray(a), False
 
 
-def matmul(a, b, tiles=None, grain=None):
+def matmul(a, b, c=None, beta=0.0, tiles=None, grain=None):
     """
     Matrix product of two 2-D float32/float64 numpy arrays of one dtype,
-    split in output tiles over the team. Every BLAS call is small enough to
+    plus beta * c when c is given, split in output tiles over the team. Every BLAS call is small enough to
     stay on its thread, so numpy's OpenBLAS threads are not woken (they spin
     for a while after each multithreaded call, taking a core from the next
     kernel). Each tile is summed by one thread in a fixed order: repeated
@@ -119,21 +131,33 @@ def matmul(a, b, tiles=None, grain=None):
     Inputs:
     - a: (M, K); b: (K, N); C- or F-contiguous (e.g. a transposed view) or
       else copied
+    - c: optional (M, N) array of the same dtype, not modified; each tile of
+      it is copied into the tile of the result just before the tile's first
+      BLAS call (beta = beta), so the sum costs no pass of its own (the
+      affine layers fold the L2 gradient reg * w into dw this way)
+    - beta: the factor of c
     - tiles: optional (mb, nb, kb), for tests; default from _matmul_tiles
     - grain: optional tiles per item of work, for tests; default from _tile_grain
 
     Returns:
-    - c: (M, N) C-contiguous array, a @ b
+    - out: (M, N) C-contiguous array, a @ b + beta * c
     """
-    dtype = _check_arrays((("a", a), ("b", b)), (), same_shape=False)
-    _boundary.check_matmul(a, b)
+    named = (("a", a), ("b", b)) + ((("c", c),) if c is not None else ())
+    dtype = _check_arrays(named, (), same_shape=False)
+    _boundary.check_matmul(a, b, c, beta)
+    if c is not None and beta == 0:
+        c = None  # as BLAS: beta 0 ignores c (even its NaNs)
+    elif c is not None:
+        c = np.ascontiguousarray(c)
     cdef int M = a.shape[0], K = a.shape[1], N = b.shape[1]
-    c = np.empty((M, N), dtype=dtype)
-    if c.size == 0:
-        return c
+    out = np.empty((M, N), dtype=dtype)
+    if out.size == 0:
+        return out
     if K == 0:
-        c[...] = 0
-        return c
+        out[...] = 0
+        if c is not None:
+            out += beta * c
+        return out
     a, ta = _operand(a)
     b, tb = _operand(b)
     mb, nb, kb = _matmul_tiles(M, N, K, ta or tb) if tiles is None else tiles
@@ -149,9 +173,11 @@ def matmul(a, b, tiles=None, grain=None):
     # A column-major operand's memory, read as a flat array, is its transpose.
     g.a = _address(a.T if ta else a, False)
     g.b = _address(b.T if tb else b, False)
-    g.c = _address(c, True)
+    g.c = _address(out, True)
+    g.add = NULL if c is None else _address(c, False)
+    g.beta = beta
     tiles = g.tiles_n * ((M + g.mb - 1) // g.mb)
     if grain is None:
         grain = _tile_grain(tiles, _cpu_team.threads_for(tiles))
-    _start(work, tiles, grain, dtype, (a, b, c))
-    return c
+    _start(work, tiles, grain, dtype, (a, b, c, out))
+    return out

@@ -136,17 +136,19 @@ def conv_relu_pool_backward(dout, argmax, x, w, stride, pad, OH, OW, ph, pw, poo
 
 # ------------------------------------------------------ affine and loss
 
-def matmul(a, b):
+def matmul(a, b, c=None, beta=0.0):
     """
-    a @ b for numpy arrays. Products of two 2-D float32/float64 arrays of one
-    dtype with at least MATMUL_MIN_WORK multiply-adds run on the compiled
-    kernels' thread team (``_cpu_kernels.matmul``): numpy's BLAS would start
+    a @ b (+ beta * c) for numpy arrays. Products of two 2-D float32/float64
+    arrays of one dtype (c too) with at least MATMUL_MIN_WORK multiply-adds
+    run on the compiled kernels' thread team (``_cpu_kernels.matmul``, which
+    adds beta * c tile by tile inside the product): numpy's BLAS would start
     its own threads, which spin after the call and take a core from the
     kernels that follow. Everything else (and everything when the extension
-    is missing) uses numpy's @.
+    is missing) uses numpy_kernels.matmul.
 
     Inputs:
     - a: (M, K); b: (K, N)
+    - c: optional (M, N) array, not modified; beta: its factor
 
     Returns:
     - (M, N) array
@@ -154,9 +156,10 @@ def matmul(a, b):
     if (compiled is not None and type(a) is np.ndarray and type(b) is np.ndarray
             and a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype
             and a.dtype in (np.float32, np.float64) and a.shape[1] == b.shape[0]
+            and (c is None or (type(c) is np.ndarray and c.dtype == a.dtype))
             and a.shape[0] * a.shape[1] * b.shape[1] >= compiled.MATMUL_MIN_WORK):
-        return compiled.matmul(a, b)
-    return numpy_kernels.matmul(a, b)
+        return compiled.matmul(a, b, c, beta)
+    return numpy_kernels.matmul(a, b, c, beta)
 
 
 def softmax_loss(x, y):

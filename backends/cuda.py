@@ -377,21 +377,25 @@ def conv_relu_pool_backward(dout, argmax, x, w, stride, pad, OH, OW, ph, pw, poo
 # ---------------------------------------------------------------------------
 
 
-def matmul(a, b):
+def matmul(a, b, c=None, beta=0.0):
     """
     Inputs:
     - a: (M, K); b: (K, N) cupy arrays
+    - c: optional (M, N) cupy array, not modified
 
     Returns:
-    - a @ b (cuBLAS)
+    - a @ b + beta * c (cuBLAS, then axpy's one pass)
     """
     cp = _cupy()
-    for name, m in (("a", a), ("b", b)):
-        if not isinstance(m, cp.ndarray):
+    for name, m in (("a", a), ("b", b), ("c", c)):
+        if m is not None and not isinstance(m, cp.ndarray):
             raise TypeError("%s must be a cupy array for the %s, got %s"
                             % (name, WHERE, type(m).__name__))
-    _boundary.check_matmul(a, b)
-    return a @ b
+    _boundary.check_matmul(a, b, c, beta)
+    out = a @ b
+    if c is not None and beta != 0:
+        axpy(beta, c, out)
+    return out
 
 
 def softmax_loss(x, y):

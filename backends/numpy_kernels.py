@@ -328,16 +328,22 @@ def conv_relu_pool_backward(dout, argmax, x, w, stride, pad, OH, OW, ph, pw, poo
 
 # ------------------------------------------------------ affine and loss
 
-def matmul(a, b):
+def matmul(a, b, c=None, beta=0.0):
     """
     Inputs:
     - a: (M, K); b: (K, N)
+    - c: optional (M, N) array added as beta * c (BLAS's gemm with alpha 1;
+      the affine layers fold the L2 gradient reg * w into dw this way); not
+      modified
 
     Returns:
-    - a @ b, (M, N)
+    - a @ b + beta * c, (M, N)
     """
-    _boundary.check_matmul(a, b)
-    return a @ b
+    _boundary.check_matmul(a, b, c, beta)
+    out = a @ b
+    if c is not None and beta != 0:
+        out += beta * c
+    return out
 
 
 def softmax_loss(x, y):

@@ -346,6 +346,32 @@ def test_matmul_matches_numpy_on_every_layout(dtype, shape):
             assert_close(got, expected, dtype, atol=1e-4 if dtype == np.float32 else 1e-11)
 
 
+@pytest.mark.parametrize("shape", MATMUL_SHAPES,
+                         ids=["x".join(map(str, s)) for s in MATMUL_SHAPES])
+def test_matmul_adds_beta_c_inside_the_product(dtype, shape):
+    # c's tile is copied into the result's tile before the tile's first BLAS
+    # call; with kb < K the later blocks must add to it, not replace it.
+    kern = compiled()
+    rng = np.random.RandomState(11)
+    M, K, N = shape
+    c = rng.randn(M, N).astype(dtype)
+    for a, b in _layouts(rng, M, K, N, dtype):
+        for c_view in (c, np.asfortranarray(c)):
+            kept = c_view.copy()
+            expected = a.astype(np.float64) @ b.astype(np.float64) + 0.3 * c.astype(np.float64)
+            for tiles in TILES:
+                got = kern.matmul(a, b, c_view, 0.3, tiles=tiles)
+                assert got.flags.c_contiguous and got.dtype == dtype
+                assert_close(got, expected, dtype, atol=1e-4 if dtype == np.float32 else 1e-11)
+            np.testing.assert_array_equal(c_view, kept)  # c is not modified
+    a, b = rng.randn(M, K).astype(dtype), rng.randn(K, N).astype(dtype)
+    # beta 0 ignores c, as BLAS does (even its NaNs); K == 0 gives beta * c.
+    np.testing.assert_array_equal(kern.matmul(a, b, np.full((M, N), np.nan, dtype), 0.0),
+                                  kern.matmul(a, b))
+    np.testing.assert_allclose(kern.matmul(np.ones((M, 0), dtype), np.ones((0, N), dtype),
+                                           c, 2.0), 2 * c, rtol=1e-6)
+
+
 def test_matmul_edge_cases_and_bad_input():
     kern = compiled()
     np.testing.assert_array_equal(kern.matmul(np.ones((3, 0)), np.ones((0, 4))), np.zeros((3, 4)))
@@ -359,6 +385,13 @@ def test_matmul_edge_cases_and_bad_input():
         kern.matmul(np.ones((2, 3), np.int64), np.ones((3, 2), np.int64))
     with pytest.raises(ValueError, match=r"a \(M, K\) and b \(K, N\)"):
         kern.matmul(np.ones((2, 3)), np.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"c must have the shape \(M, N\) = \(2, 2\).*"
+                                         r"got \(2, 3\)"):
+        kern.matmul(np.ones((2, 3)), np.ones((3, 2)), np.ones((2, 3)), 1.0)
+    with pytest.raises(TypeError, match="c has dtype float32"):
+        kern.matmul(np.ones((2, 3)), np.ones((3, 2)), np.ones((2, 2), np.float32), 1.0)
+    with pytest.raises(ValueError, match="beta must be a finite number"):
+        kern.matmul(np.ones((2, 3)), np.ones((3, 2)), np.ones((2, 2)), float("nan"))
 
 
 def test_matmul_tiles_fit_the_blas_limit():
@@ -374,7 +407,8 @@ def test_matmul_tiles_fit_the_blas_limit():
 def test_backend_matmul_routes_large_products(monkeypatch, dtype):
     kern = compiled()
     calls = []
-    monkeypatch.setattr(kern, "matmul", lambda a, b: calls.append(a.shape) or a @ b)
+    monkeypatch.setattr(kern, "matmul",
+                        lambda a, b, c=None, beta=0.0: calls.append(a.shape) or a @ b)
     small = np.ones((4, 5), dtype), np.ones((5, 6), dtype)
     large = np.ones((50, 200), dtype), np.ones((200, 60), dtype)   # 600,000 multiply-adds
     cpu.matmul(*small)

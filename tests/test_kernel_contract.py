@@ -541,6 +541,23 @@ def test_matmul(impl, dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize("shape", MATMUL_SHAPES, ids=["x".join(map(str, s)) for s in MATMUL_SHAPES])
+def test_matmul_plus_beta_c(impl, dtype, shape):
+    # a @ b + beta * c, c left as it was; beta 0 ignores c (NaNs included).
+    M, K, N = shape
+    rng = np.random.RandomState(12)
+    a, b, c = rng.randn(M, K), rng.randn(K, N), rng.randn(M, N)
+    A, B, C = impl.put(a, dtype), impl.put(b, dtype), impl.put(c, dtype)
+    got = impl.ops.matmul(A, B, C, 0.25)
+    assert isinstance(got, impl.xp.ndarray) and got.dtype == dtype and got.shape == (M, N)
+    assert_close(got, a @ b + 0.25 * c, dtype, atol=1e-4 if dtype == np.float32 else 1e-11)
+    assert_close(C, c, dtype, atol=0)
+    nan = impl.put(np.full((M, N), np.nan), dtype)
+    assert_close(impl.ops.matmul(A, B, nan, 0.0), a @ b, dtype,
+                 atol=1e-4 if dtype == np.float32 else 1e-11)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
 def test_sum_of_squares_and_axpy(impl, dtype):
     rng = np.random.RandomState(7)
     for shape in [(1,), (7,), (3, 1001), (37, 41, 3), (0, 4)]:
@@ -727,6 +744,8 @@ def test_shapes_are_checked_at_the_kernel_boundary(impl):
         impl.ops.adam(a, a, a, v, 0.9, 0.999, 0.1, 1e-8)
     with pytest.raises(ValueError, match=r"a \(M, K\) and b \(K, N\)"):
         impl.ops.matmul(a, a)
+    with pytest.raises(ValueError, match=r"c must have the shape \(M, N\) = \(3, 3\)"):
+        impl.ops.matmul(a, v, a, 1.0)
     with pytest.raises(ValueError, match="has shape"):
         impl.ops.axpy(0.5, a, v)
     with pytest.raises(ValueError, match="y must have shape"):

@@ -61,6 +61,32 @@ def test_affine_backward_numerical(xp):
         assert rel_error(host(g), e) < 1e-9
 
 
+@pytest.mark.parametrize("shape", [(10, 6, 5), (60, 200, 60)], ids=["small", "team-sized"])
+def test_affine_backward_folds_the_l2_gradient(xp, shape):
+    # dw with reg is the gradient of affine_forward(x, w, b) . dout
+    # + 0.5 * reg * sum(w**2); the team-sized product (>= MATMUL_MIN_WORK
+    # multiply-adds) adds reg * w inside the compiled GEMM on the CPU.
+    N, D, M = shape
+    rng = np.random.RandomState(5)
+    x, w, b, dout = rng.randn(N, D), rng.randn(D, M), rng.randn(M), rng.randn(N, M)
+    _, cache = affine_forward(to(xp, x), to(xp, w), to(xp, b))
+    dx, dw, db = affine_backward(to(xp, dout), cache)
+    dx_r, dw_r, db_r = affine_backward(to(xp, dout), cache, reg=0.7)
+    assert_close(dw_r, host(dw) + 0.7 * w, np.float64)
+    np.testing.assert_array_equal(host(dx_r), host(dx))
+    np.testing.assert_array_equal(host(db_r), host(db))
+    if N * D * M < 10 ** 4:
+        dw_num = eval_numerical_gradient(
+            lambda w: float(np.sum(affine_forward(x, w, b)[0] * dout) + 0.35 * np.sum(w * w)),
+            w.copy(), verbose=False)
+        assert rel_error(host(dw_r), dw_num) < 1e-8
+    none, dw_skip, _ = affine_backward(to(xp, dout), cache, reg=0.7, compute_dx=False)
+    assert none is None
+    np.testing.assert_array_equal(host(dw_skip), host(dw_r))
+    with pytest.raises(ValueError, match="reg must be a finite number >= 0, got -1"):
+        affine_backward(to(xp, dout), cache, reg=-1)
+
+
 def test_affine_keeps_float32(xp):
     x = to(xp, np.ones((2, 3)), np.float32)
     w = to(xp, np.ones((3, 4)), np.float32)

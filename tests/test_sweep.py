@@ -315,6 +315,13 @@ def test_gpus_on_a_cluster_without_gpu_workers_is_refused(client, tmp_path):
     assert not (tmp_path / "out" / "journal.jsonl").exists()
 
 
+def _worker_profiles(dask_worker):
+    """Whether a worker runs Dask's statistical profiler (its config, and a live timer)."""
+    import dask
+    enabled = dask.config.get("distributed.worker.profile.enabled")
+    return bool(enabled) or "profile" in dask_worker.periodic_callbacks
+
+
 @pytest.mark.slow
 def test_the_embedded_cluster_gives_each_worker_its_share_of_the_cores():
     with sweep.Engine(workers=2) as engine:
@@ -326,6 +333,9 @@ def test_the_embedded_cluster_gives_each_worker_its_share_of_the_cores():
         # started without Dask's MALLOC_TRIM_THRESHOLD_ (see cluster.WORKER_CONFIG)
         env = engine.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
         assert set(env.values()) == {None}
+        # and without Dask's statistical profiler (it takes the trials' GIL)
+        profiling = engine.client.run(_worker_profiles)
+        assert set(profiling.values()) == {False}
     assert engine.client is None and engine.cluster is None
 
 

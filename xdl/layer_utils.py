@@ -51,15 +51,20 @@ def affine_relu_forward(x, w, b):
     return out, (fc_cache, relu_cache)
 
 
-def affine_relu_backward(dout, cache):
+def affine_relu_backward(dout, cache, reg=0.0, compute_dx=True):
     """
     Backward pass for the affine-relu convenience layer.
+
+    Inputs:
+    - dout, cache: upstream derivative and affine_relu_forward's cache
+    - reg, compute_dx: as for affine_backward (dw += reg * w inside the
+      product; dx None when compute_dx is False)
 
     Returns a tuple of (dx, dw, db).
     """
     fc_cache, relu_cache = cache
     da = relu_backward(dout, relu_cache)
-    return affine_backward(da, fc_cache)
+    return affine_backward(da, fc_cache, reg, compute_dx)
 
 
 _NORMS = {
@@ -94,9 +99,10 @@ def affine_norm_relu_forward(x, w, b, gamma, beta, norm_param, normalization,
     return out, (fc_cache, normalization, norm_cache, relu_cache, drop_cache)
 
 
-def affine_norm_relu_backward(dout, cache):
+def affine_norm_relu_backward(dout, cache, reg=0.0, compute_dx=True):
     """
-    Backward pass for affine_norm_relu_forward.
+    Backward pass for affine_norm_relu_forward; reg and compute_dx as for
+    affine_backward.
 
     Returns a tuple of (dx, dw, db, dgamma, dbeta); dgamma and dbeta are None
     without normalization.
@@ -108,7 +114,7 @@ def affine_norm_relu_backward(dout, cache):
     dgamma = dbeta = None
     if normalization is not None:
         dout, dgamma, dbeta = _NORMS[normalization][1](dout, norm_cache)
-    dx, dw, db = affine_backward(dout, fc_cache)
+    dx, dw, db = affine_backward(dout, fc_cache, reg, compute_dx)
     return dx, dw, db, dgamma, dbeta
 
 

@@ -17,6 +17,7 @@ from xdl._checks import (
     check_mode,
     check_ndim,
     check_param_shape,
+    check_reg,
     check_same_device,
     conv_geometry,
     pool_geometry,
@@ -27,9 +28,12 @@ from xdl._checks import (
 # ---------------------------------------------------------------------------
 
 
-def _matmul(a, b):
-    """a @ b on the arrays' device (on the CPU, large products run on the kernels' threads)."""
-    return kernels_for(a, b).matmul(a, b)
+def _matmul(a, b, c=None, beta=0.0):
+    """
+    a @ b (+ beta * c) on the arrays' device (on the CPU, large products run
+    on the kernels' threads, which add beta * c inside the product).
+    """
+    return kernels_for(a, b).matmul(a, b, c, beta)
 
 
 def affine_forward(x, w, b):
@@ -62,7 +66,7 @@ def affine_forward(x, w, b):
     return out, (x, w, b)
 
 
-def affine_backward(dout, cache):
+def affine_backward(dout, cache, reg=0.0, compute_dx=True):
     """
     Computes the backward pass for an affine layer.
 
@@ -72,6 +76,11 @@ def affine_backward(dout, cache):
       - x: Input data, of shape (N, d_1, ... d_k)
       - w: Weights, of shape (D, M)
       - b: Biases, of shape (M,)
+    - reg: optional L2 strength: dw then includes reg * w, the gradient of
+      0.5 * reg * sum(w**2), added inside the product (no pass of its own
+      over dw; the models regularize their large weights this way)
+    - compute_dx: False skips dx (returned as None), for a network's first
+      layer, whose input needs no gradient
 
     Returns a tuple of:
     - dx: Gradient with respect to x, of shape (N, d1, ..., d_k)
@@ -82,8 +91,9 @@ def affine_backward(dout, cache):
     N = x.shape[0]
     if dout.shape != (N, w.shape[1]):
         raise ValueError("dout must have shape %s, got %s" % ((N, w.shape[1]), dout.shape))
-    dx = _matmul(dout, w.T).reshape(x.shape)
-    dw = _matmul(x.reshape(N, -1).T, dout)
+    reg = check_reg(reg)
+    dx = _matmul(dout, w.T).reshape(x.shape) if compute_dx else None
+    dw = _matmul(x.reshape(N, -1).T, dout, w if reg else None, reg)
     db = dout.sum(axis=0)
     return dx, dw, db
 

@@ -142,9 +142,11 @@ class ThreeLayerConvNet(Model):
         loss = loss + self._l2(("W1", "W2", "W3"))
 
         grads = {}
-        dhidden, grads["W3"], grads["b3"] = affine_backward(dscores, scores_cache)
+        # reg * W3 and reg * W2 are added inside the dw products (the
+        # 8192 x hidden W2 would otherwise take a pass of its own).
+        dhidden, grads["W3"], grads["b3"] = affine_backward(dscores, scores_cache, self.reg)
         dpooled, grads["W2"], grads["b2"], dgamma2, dbeta2 = \
-            affine_norm_relu_backward(dhidden, hidden_cache)
+            affine_norm_relu_backward(dhidden, hidden_cache, self.reg)
         # The input needs no gradient: skip dx of the first convolution.
         if self.normalization:
             _, grads["W1"], grads["b1"], dgamma1, dbeta1 = \
@@ -153,5 +155,5 @@ class ThreeLayerConvNet(Model):
         else:
             _, grads["W1"], grads["b1"] = conv_relu_pool_backward(dpooled, conv_cache,
                                                                   compute_dx=False)
-        self._add_l2_grads(grads, ("W1", "W2", "W3"))
+        self._add_l2_grads(grads, ("W1",))
         return loss, grads

@@ -84,9 +84,11 @@ class TwoLayerNet(Model):
         loss, dscores = _softmax_loss(scores, y)
         loss = loss + self._l2(("W1", "W2"))
         grads = {}
-        dhidden, grads["W2"], grads["b2"] = affine_backward(dscores, scores_cache)
-        _, grads["W1"], grads["b1"] = affine_relu_backward(dhidden, hidden_cache)
-        self._add_l2_grads(grads, ("W1", "W2"))
+        # The L2 gradients reg * W are added inside the dw products; the
+        # input needs no gradient.
+        dhidden, grads["W2"], grads["b2"] = affine_backward(dscores, scores_cache, self.reg)
+        _, grads["W1"], grads["b1"] = affine_relu_backward(dhidden, hidden_cache, self.reg,
+                                                           compute_dx=False)
         return loss, grads
 
 
@@ -235,11 +237,14 @@ class FullyConnectedNet(Model):
         loss = loss + self._l2(weights)
 
         grads = {}
-        dout, grads["W%d" % L], grads["b%d" % L] = affine_backward(dout, last_cache)
+        # The L2 gradients reg * W are added inside the dw products; the
+        # input needs no gradient (compute_dx=False for the first layer).
+        dout, grads["W%d" % L], grads["b%d" % L] = affine_backward(dout, last_cache, self.reg,
+                                                                   compute_dx=L > 1)
         for i in range(L - 1, 0, -1):
-            dout, dw, db, dgamma, dbeta = affine_norm_relu_backward(dout, caches[i - 1])
+            dout, dw, db, dgamma, dbeta = affine_norm_relu_backward(
+                dout, caches[i - 1], self.reg, compute_dx=i > 1)
             grads["W%d" % i], grads["b%d" % i] = dw, db
             if self.normalization is not None:
                 grads["gamma%d" % i], grads["beta%d" % i] = dgamma, dbeta
-        self._add_l2_grads(grads, weights)
         return loss, grads
