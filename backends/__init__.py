@@ -231,7 +231,7 @@ OPERATIONS = (
     "im2col", "col2im", "conv_forward", "conv_backward",
     "maxpool_forward", "maxpool_backward",
     "conv_relu_pool_forward", "conv_relu_pool_backward",
-    "matmul", "softmax_loss",
+    "matmul", "affine_backward", "softmax_loss",
     "sgd", "sgd_momentum", "rmsprop", "adam", "adamw",
     "sum_of_squares", "axpy",
 )

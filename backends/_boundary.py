@@ -134,6 +134,19 @@ def check_matmul(a, b, c=None, beta=0.0):
         raise ValueError("matmul's beta must be a finite number, got %r" % (beta,))
 
 
+def check_affine_backward(x, w, dout, reg):
+    _check_ndim(x, 2, "x", "(N, D), the layer's input flattened")
+    _check_ndim(w, 2, "w", "(D, M)")
+    if w.shape[0] != x.shape[1]:
+        raise ValueError("w must have shape (D, M) with D = %d, the width of x %s; got %s"
+                         % (x.shape[1], _shape(x), _shape(w)))
+    if _shape(dout) != (x.shape[0], w.shape[1]):
+        raise ValueError("dout must have shape (N, M) = %s for x %s and w %s, got %s"
+                         % ((x.shape[0], w.shape[1]), _shape(x), _shape(w), _shape(dout)))
+    if not isinstance(reg, numbers.Real) or not math.isfinite(reg) or reg < 0:
+        raise ValueError("reg must be a finite number >= 0, got %r" % (reg,))
+
+
 def check_scores(x, y):
     _check_ndim(x, 2, "x", "of class scores (N, C)")
     if _shape(y) != (x.shape[0],):

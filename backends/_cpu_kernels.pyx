@@ -13,7 +13,8 @@ sharing this module's namespace:
 - ``_cpu_pool.pxi``: maxpool_forward, maxpool_backward;
 - ``_cpu_elementwise.pxi``: sgd, sgd_momentum, rmsprop, adam, adamw,
   sum_of_squares, axpy;
-- ``_cpu_matmul.pxi``: matmul.
+- ``_cpu_matmul.pxi``: matmul;
+- ``_cpu_affine.pxi``: affine_backward (dx and dw in one sweep over w);
 - ``_cpu_conv_relu_pool.pxi``: conv_relu_pool_forward, conv_relu_pool_backward
   (convolution, bias, ReLU and max pooling fused per image).
 
@@ -33,3 +34,4 @@ include "_cpu_pool.pxi"
 include "_cpu_conv_relu_pool.pxi"
 include "_cpu_elementwise.pxi"
 include "_cpu_matmul.pxi"
+include "_cpu_affine.pxi"

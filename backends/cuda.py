@@ -398,6 +398,16 @@ def matmul(a, b, c=None, beta=0.0):
     return out
 
 
+def affine_backward(x, w, dout, reg=0.0, compute_dx=True):
+    """
+    numpy_kernels.affine_backward on cupy arrays: two cuBLAS products, and
+    reg * w added to dw in one pass (axpy).
+    """
+    _boundary.check_affine_backward(x, w, dout, reg)
+    dx = matmul(dout, w.T) if compute_dx else None
+    return dx, matmul(x.T, dout, w, reg)
+
+
 def softmax_loss(x, y):
     """
     Softmax loss and its gradient in one kernel plus one reduction (the

@@ -346,6 +346,25 @@ def matmul(a, b, c=None, beta=0.0):
     return out
 
 
+def affine_backward(x, w, dout, reg=0.0, compute_dx=True):
+    """
+    The matrix products of the affine layer's backward pass.
+
+    Inputs:
+    - x: (N, D) the layer's input, flattened; w: (D, M); dout: (N, M)
+    - reg: L2 strength: dw includes reg * w, the gradient of
+      0.5 * reg * sum(w**2)
+    - compute_dx: False skips dx
+
+    Returns a tuple of:
+    - dx: (N, D) dout @ w.T, or None without compute_dx
+    - dw: (D, M) x.T @ dout + reg * w
+    """
+    _boundary.check_affine_backward(x, w, dout, reg)
+    dx = dout @ w.T if compute_dx else None
+    return dx, matmul(x.T, dout, w, reg)
+
+
 def softmax_loss(x, y):
     """
     Softmax loss and its gradient, from the log-softmax shifted by each

@@ -50,6 +50,7 @@ from xdl.layers import (
 )
 
 import common
+import torch_cnn
 
 CONV_CASES = [  # (x shape, w shape, stride, pad): the notebook's and the model's
     ((100, 3, 31, 31), (25, 3, 3, 3), 2, 1),
@@ -95,25 +96,12 @@ TORCH_NOTE = "not installed"
 def load_torch(device, threads):
     """torch, set to the same threads (and no TF32 on the GPU), or None."""
     global TORCH_NOTE
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(threads)
-    TORCH_NOTE = "%s on %s" % (torch.__version__, device.name)
-    if device.name == "cuda":
-        if not torch.cuda.is_available():
-            TORCH_NOTE = "%s has no usable CUDA: no torch baseline" % torch.__version__
-            return None
-        # Full float32 GEMMs, as CuPy does by default.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    torch, TORCH_NOTE = torch_cnn.load_torch(device.name, threads)
     return torch
 
 
 def torch_sync(torch, device):
-    if device.name == "cuda":
-        torch.cuda.synchronize()
+    torch_cnn.sync(torch, device.name)
 
 
 # ---------------------------------------------------------------- timing
@@ -357,31 +345,13 @@ class XdlTrainer:
         return loss
 
 
-class TorchTrainer:
+class TorchTrainer(torch_cnn.TorchCNN):
     """The same network, loss (softmax + 0.5*reg*sum W^2) and Adam in PyTorch."""
 
     def __init__(self, torch, device, dtype):
-        nn = torch.nn
-        self.torch = torch
         self.tdev = "cuda" if device.name == "cuda" else "cpu"
-        self.tdt = getattr(torch, np.dtype(dtype).name)
-        torch.manual_seed(0)
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 32, 7, padding=3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(32 * 16 * 16, MODEL_KW["hidden_dim"]), nn.ReLU(),
-            nn.Linear(MODEL_KW["hidden_dim"], 10),
-        ).to(device=self.tdev, dtype=self.tdt)
-        self.weights = [self.net[0].weight, self.net[4].weight, self.net[6].weight]
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
-        self.loss_fn = nn.CrossEntropyLoss()
-
-    def step(self, X, y):
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.net(X), y)
-        loss = loss + 0.5 * MODEL_KW["reg"] * sum((w * w).sum() for w in self.weights)
-        loss.backward()
-        self.opt.step()
-        return loss
+        super().__init__(torch, self.tdev, dtype, hidden_dim=MODEL_KW["hidden_dim"],
+                         reg=MODEL_KW["reg"])
 
 
 def step_flops():

@@ -72,6 +72,10 @@ def main(argv=None):
     p.add_argument("--num-train", type=int, default=49000)
     p.add_argument("--synthetic", action="store_true", help="random images instead of CIFAR-10")
     p.add_argument("--repeat", type=int, default=2, help="runs of both sides; medians printed")
+    p.add_argument("--one-thread-baseline", action="store_true",
+                   help="also run the trials one after another with one kernel thread (each "
+                        "sweep worker's share), the baseline that shows the engine's own "
+                        "scaling apart from how well one trial uses two cores")
     args = p.parse_args(argv)
 
     points = sweep.grid({"learning_rate": [7e-4, 1e-3, 1.5e-3, 2e-3],
@@ -103,6 +107,19 @@ def main(argv=None):
         # trial); the engine's efficiency is the measured speedup over that.
         row["allowed"] = args.workers * row["seq_trial_s"] / row["par_trial_s"]
         row["efficiency"] = row["speedup"] / row["allowed"]
+        if args.one_thread_baseline:
+            kept = backends.get_num_threads()
+            backends.set_num_threads(threads)
+            try:
+                one = sequential(trials, source)
+            finally:
+                backends.set_num_threads(kept)
+            row["seq1_s"] = one["total_s"]
+            row["speedup1"] = one["total_s"] / par["total_s"]
+            print("run %d: one after another with %d kernel thread%s: %.1f s (mean trial "
+                  "%.2f s); the sweep is %.2fx faster" % (
+                      rep + 1, threads, "" if threads == 1 else "s", one["total_s"],
+                      statistics.mean(one["trial_s"]), row["speedup1"]))
         rows.append(row)
         print("run %d: sequential %.1f s (data %.1f s, mean trial %.2f s with %d kernel "
               "threads) | sweep on %d workers %.1f s (cluster start %.1f s, mean trial %.2f s "
@@ -115,6 +132,10 @@ def main(argv=None):
                  par["workers_used"], row["speedup"], overhead, row["allowed"],
                  100 * row["efficiency"], row["load_avg"]))
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    if args.one_thread_baseline:
+        print("median of %d: the sweep against the trials one after another on %d kernel "
+              "thread%s: %.2fx" % (len(rows), threads, "" if threads == 1 else "s",
+                                   med["speedup1"]))
     print("median of %d: sequential %.1f s, sweep %.1f s, speedup %.2fx (the trial times "
           "allow %.2fx, efficiency %.0f%%); engine overhead %.2f s per trial = %.1f%% of a "
           "10 s trial (%.1f%% of this run's mean sweep trial, %.2f s)"

@@ -372,6 +372,58 @@ def test_matmul_adds_beta_c_inside_the_product(dtype, shape):
                                            c, 2.0), 2 * c, rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(50, 8192, 500), (50, 600, 40), (3, 1000, 7), (50, 64, 20)],
+                         ids=["cnn-hidden", "partial-block", "narrow", "one-block"])
+def test_affine_backward_sweep_matches_two_products(dtype, shape):
+    # The compiled sweep over blocks of rows of w gives the products' values
+    # (to rounding), the same bits on 1 and 2 threads and on every call, and
+    # never writes outside dx and dw.
+    kern = compiled()
+    N, D, M = shape
+    rng = np.random.RandomState(14)
+    x, w, dout = (rng.randn(*s).astype(dtype) for s in ((N, D), (D, M), (N, M)))
+    rows = kern._affine_rows(N, D, M)
+    assert rows == D or (rows % 8 == 0 and 8 <= rows <= kern.AFFINE_MAX_ROWS)
+    assert rows * N * M <= kern.GEMM_TILE_LIMIT
+    dx, dw = kern.affine_backward(x, w, dout, 0.25, True)
+    tol = 1e-3 if dtype == np.float32 else 1e-10
+    x64, w64, d64 = (a.astype(np.float64) for a in (x, w, dout))
+    assert_close(dx, d64 @ w64.T, dtype, atol=tol)
+    assert_close(dw, x64.T @ d64 + 0.25 * w64, dtype, atol=tol)
+    threads = kern.get_num_threads()
+    try:
+        kern.set_num_threads(1)
+        one = kern.affine_backward(x, w, dout, 0.25, True)
+    finally:
+        kern.set_num_threads(threads)
+    kern.set_num_threads(2)
+    try:
+        two = kern.affine_backward(x, w, dout, 0.25, True)
+    finally:
+        kern.set_num_threads(threads)
+    for a, b in zip(one + two, (dx, dw) * 2):
+        np.testing.assert_array_equal(a, b)
+    none, dw_only = kern.affine_backward(x, w, dout, 0.25, False)
+    assert none is None
+    np.testing.assert_array_equal(dw_only, dw)
+    _, dw0 = kern.affine_backward(x, w, dout, 0.0, False)
+    assert_close(dw0, x64.T @ d64, dtype, atol=tol)
+
+
+def test_affine_backward_edge_cases():
+    kern = compiled()
+    w = np.arange(6.0).reshape(3, 2)
+    dx, dw = kern.affine_backward(np.ones((0, 3)), w, np.ones((0, 2)), 0.5, True)
+    assert dx.shape == (0, 3)
+    np.testing.assert_array_equal(dw, 0.5 * w)         # no samples: only the L2 term
+    dx, dw = kern.affine_backward(np.ones((4, 3)), np.ones((3, 0)), np.ones((4, 0)), 0.5, True)
+    np.testing.assert_array_equal(dx, np.zeros((4, 3)))  # M == 0: an empty sum
+    assert dw.shape == (3, 0)
+    assert kern._affine_rows(200, 300, 400) == 0        # N * M too large for 8-row blocks
+    with pytest.raises(ValueError, match="too large for blocks of 8 rows"):
+        kern.affine_backward(np.ones((200, 300)), np.ones((300, 400)), np.ones((200, 400)))
+
+
 def test_matmul_edge_cases_and_bad_input():
     kern = compiled()
     np.testing.assert_array_equal(kern.matmul(np.ones((3, 0)), np.ones((0, 4))), np.zeros((3, 4)))

@@ -4,6 +4,7 @@ be downloaded, a run stopped on a NaN loss, and short runs on synthetic data
 that write their plots and model."""
 import argparse
 import os
+import re
 import sys
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import xdl
 from xdl import data_utils
 from xdl.classifiers import load_model
+from xdl.classifiers.cnn import ThreeLayerConvNet
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 sys.path.insert(0, EXAMPLES)
@@ -19,6 +21,7 @@ sys.path.insert(0, EXAMPLES)
 import benchmark  # noqa: E402
 import common  # noqa: E402
 import batchnorm_experiments  # noqa: E402
+import torch_cnn  # noqa: E402
 import train_cnn  # noqa: E402
 import train_dropout  # noqa: E402
 import train_fc_net  # noqa: E402
@@ -227,6 +230,60 @@ def test_train_cnn_runs_and_saves(capsys, tmp_path):
                                             "cnn_model.npz"]
     model = load_model(tmp_path / "cnn_model.npz")
     assert model.params["W1"].shape == (2, 3, 3, 3)
+
+
+CNN_TINY = ["--synthetic", "--num-train", "100", "--batch-size", "50", "--num-filters", "2",
+            "--filter-size", "3", "--hidden-dim", "8"]
+
+
+def test_train_cnn_compares_with_pytorch_when_installed(capsys, tmp_path):
+    pytest.importorskip("torch")
+    train_cnn.main(CNN_TINY + ["--out-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "Training the same network in PyTorch " in out and " for 2 steps ..." in out
+    assert re.search(r"PyTorch took [0-9.]+ s: 2 steps at [0-9.]+ ms per step; xdl's steps "
+                     r"took [0-9.]+x PyTorch's time", out)
+    assert re.search(r"PyTorch validation set accuracy: [0-9.]+", out)
+
+
+def test_train_cnn_without_the_pytorch_baseline(capsys, tmp_path, monkeypatch):
+    train_cnn.main(CNN_TINY + ["--out-dir", str(tmp_path), "--no-torch-baseline"])
+    assert "PyTorch" not in capsys.readouterr().out
+    monkeypatch.setattr(train_cnn.torch_cnn, "load_torch", lambda device, threads:
+                        (None, "not installed"))
+    train_cnn.main(CNN_TINY + ["--out-dir", str(tmp_path)])
+    assert "PyTorch baseline: torch not installed" in capsys.readouterr().out
+    train_cnn.main(CNN_TINY + ["--out-dir", str(tmp_path), "--update-rule", "sgd"])
+    assert "PyTorch baseline: only for --update-rule adam" in capsys.readouterr().out
+
+
+def test_the_pytorch_baseline_is_the_same_network():
+    # Same weights in: the same loss, gradients and one Adam step as
+    # ThreeLayerConvNet + optim.adam (float64, so differences are rounding).
+    torch = pytest.importorskip("torch")
+    from xdl import optim
+    np.random.seed(3)
+    model = ThreeLayerConvNet(num_filters=4, filter_size=5, hidden_dim=12, reg=0.05,
+                              weight_scale=0.1, dtype=np.float64)
+    base = torch_cnn.TorchCNN(torch, "cpu", np.float64, num_filters=4, filter_size=5,
+                              hidden_dim=12, reg=0.05, learning_rate=1e-3)
+    layers = {"W1": (0, "weight"), "b1": (0, "bias"), "W2": (4, "weight"), "b2": (4, "bias"),
+              "W3": (6, "weight"), "b3": (6, "bias")}
+    with torch.no_grad():
+        for name, (i, attr) in layers.items():
+            value = model.params[name]
+            getattr(base.net[i], attr).copy_(torch.from_numpy(value.T if name in ("W2", "W3")
+                                                              else value))
+    rng = np.random.RandomState(4)
+    X, y = rng.randn(6, 3, 32, 32), rng.randint(10, size=6)
+    loss, grads = model.loss(X, y)
+    t_loss = base.step(base.tensor(X), base.tensor(y, labels=True))
+    assert abs(float(t_loss.detach()) - float(loss)) < 1e-10
+    for name, (i, attr) in layers.items():
+        stepped = getattr(base.net[i], attr).detach().numpy()
+        expected, _ = optim.adam(model.params[name], grads[name], {"learning_rate": 1e-3})
+        got = stepped.T if name in ("W2", "W3") else stepped
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_train_dropout_runs_the_notebook_experiment(capsys, tmp_path):

@@ -557,6 +557,51 @@ def test_matmul_plus_beta_c(impl, dtype, shape):
                  atol=1e-4 if dtype == np.float32 else 1e-11)
 
 
+# (N, D, M): tiny; small products (numpy's @); blocks of 64 rows of w with a
+# partial last block (the compiled sweep); N * M too large for 8-row blocks
+# (two products on the CPU).
+AFFINE_SHAPES = [(1, 1, 1), (7, 13, 5), (50, 600, 40), (200, 300, 400)]
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize("shape", AFFINE_SHAPES, ids=["x".join(map(str, s)) for s in AFFINE_SHAPES])
+def test_affine_backward(impl, dtype, shape):
+    N, D, M = shape
+    rng = np.random.RandomState(13)
+    x, w, dout = rng.randn(N, D), rng.randn(D, M), rng.randn(N, M)
+    tol = dict(atol=1e-3 if dtype == np.float32 else 1e-10)
+    for reg in (0.0, 0.3):
+        X, Wt, Dout = impl.put(x, dtype), impl.put(w, dtype), impl.put(dout, dtype)
+        dx, dw = impl.ops.affine_backward(X, Wt, Dout, reg, True)
+        assert isinstance(dx, impl.xp.ndarray) and dx.dtype == dtype and dx.shape == (N, D)
+        assert isinstance(dw, impl.xp.ndarray) and dw.dtype == dtype and dw.shape == (D, M)
+        assert_close(dx, dout @ w.T, dtype, **tol)
+        assert_close(dw, x.T @ dout + reg * w, dtype, **tol)
+        for given, kept in ((X, x), (Wt, w), (Dout, dout)):
+            assert_close(given, kept, dtype, atol=0)  # inputs are not modified
+        none, dw_only = impl.ops.affine_backward(X, Wt, Dout, reg, False)
+        assert none is None
+        np.testing.assert_array_equal(host(dw_only), host(dw))
+    # strided and transposed inputs give the same values
+    Xt = impl.put(np.asfortranarray(x), dtype)
+    Wt2 = impl.put(np.repeat(w, 2, axis=1), dtype)[:, ::2]
+    dx, dw = impl.ops.affine_backward(Xt, Wt2, impl.put(dout, dtype), 0.5, True)
+    assert_close(dx, dout @ w.T, dtype, **tol)
+    assert_close(dw, x.T @ dout + 0.5 * w, dtype, **tol)
+
+
+def test_affine_backward_bad_input(impl):
+    x, w, dout = impl.put(np.ones((4, 6))), impl.put(np.ones((6, 3))), impl.put(np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"w must have shape \(D, M\) with D = 6.*got \(5, 3\)"):
+        impl.ops.affine_backward(x, impl.put(np.ones((5, 3))), dout, 0.0, True)
+    with pytest.raises(ValueError, match=r"dout must have shape \(N, M\) = \(4, 3\).*got \(4, 2\)"):
+        impl.ops.affine_backward(x, w, impl.put(np.ones((4, 2))), 0.0, True)
+    with pytest.raises(ValueError, match=r"x must be a 2-D array"):
+        impl.ops.affine_backward(impl.put(np.ones((4, 2, 3))), w, dout, 0.0, True)
+    with pytest.raises(ValueError, match="reg must be a finite number >= 0, got -0.5"):
+        impl.ops.affine_backward(x, w, dout, -0.5, True)
+
+
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
 def test_sum_of_squares_and_axpy(impl, dtype):
     rng = np.random.RandomState(7)

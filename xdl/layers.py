@@ -92,8 +92,10 @@ def affine_backward(dout, cache, reg=0.0, compute_dx=True):
     if dout.shape != (N, w.shape[1]):
         raise ValueError("dout must have shape %s, got %s" % ((N, w.shape[1]), dout.shape))
     reg = check_reg(reg)
-    dx = _matmul(dout, w.T).reshape(x.shape) if compute_dx else None
-    dw = _matmul(x.reshape(N, -1).T, dout, w if reg else None, reg)
+    x2 = x.reshape(N, -1)
+    dx, dw = kernels_for(x2, w, dout).affine_backward(x2, w, dout, reg, compute_dx)
+    if dx is not None:
+        dx = dx.reshape(x.shape)
     db = dout.sum(axis=0)
     return dx, dw, db
 

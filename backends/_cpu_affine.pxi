@@ -1,0 +1,140 @@
+# The affine layer's backward pass in one sweep over the weights (included
+# by _cpu_kernels.pyx). dx = dout @ w.T and dw = x.T @ dout + reg * w both
+# read every row of w; done as two products they read the 16 MB of the CNN's
+# 8192 x 500 w from memory twice (three times with the L2 term), after the
+# update rules of the last step evicted it. Here each item is a block of
+# rows of w: its part of dx, then its rows of dw, while the block (16 rows
+# of 500, 32 KB) is still in the core's cache (xdl/DESIGN.md, "The CPU
+# kernels").
+
+# Rows of w per block: at most this many, and never so many that one BLAS
+# call reaches GEMM_TILE_LIMIT (each call stays on its thread).
+AFFINE_MAX_ROWS = 64
+
+
+def _affine_rows(int N, int D, int M):
+    """
+    Rows of w per block for x (N, D), w (D, M), dout (N, M): the largest
+    multiple of 8 (or all D) with rows * N * M <= GEMM_TILE_LIMIT, at most
+    AFFINE_MAX_ROWS; 0 when not even 8 rows fit (use two products then).
+    """
+    cdef long long per_row = <long long>N * M
+    if per_row == 0:
+        return max(1, min(D, AFFINE_MAX_ROWS))
+    rows = min(AFFINE_MAX_ROWS, GEMM_TILE_LIMIT // per_row)
+    if rows >= D:
+        return D
+    rows -= rows % 8
+    return rows
+
+
+cdef struct AffineBackwardJob:
+    # x (N, D), w (D, M), dout (N, M), dx (N, D), dw (D, M): C-contiguous.
+    int N, D, M
+    int rows            # rows of w per block
+    bint want_dx
+    double reg          # dw += reg * w when nonzero
+    const void* x
+    const void* w
+    const void* dout
+    void* dx
+    void* dw
+
+
+cdef void _affine_backward_block(const AffineBackwardJob* j, Py_ssize_t blk,
+                                 const floating* x, const floating* w,
+                                 const floating* dout, floating* dx,
+                                 floating* dw) noexcept nogil:
+    # Column-major BLAS sees each row-major (r, s) array as its (s, r)
+    # transpose. With w_b = w[d0:d0+dn] (dn, M):
+    #   dx[:, d0:d0+dn] = dout @ w_b.T   <=>   (dn, N) = w_b (dn, M) @ dout.T (M, N)
+    #   dw[d0:d0+dn]    = x_b.T @ dout   <=>   (M, dn) = dout.T (M, N) @ x_b (N, dn)
+    cdef Py_ssize_t d0 = blk * j.rows
+    cdef int dn = min(j.rows, j.D - d0)
+    cdef floating beta = 0
+    if j.want_dx:
+        _gemm(c'T', c'N', dn, j.N, j.M, <floating>1, w + d0 * j.M, j.M, dout, j.M,
+              <floating>0, dx + d0, j.D)
+    if j.reg != 0:
+        # The block of w is still in cache: dw starts as w, and the product
+        # adds to reg times it.
+        memcpy(dw + d0 * j.M, w + d0 * j.M, dn * j.M * sizeof(floating))
+        beta = <floating>j.reg
+    _gemm(c'N', c'T', j.M, dn, j.N, <floating>1, dout, j.M, x + d0, j.D,
+          beta, dw + d0 * j.M, j.M)
+
+
+cdef void _affine_backward_run(Items* items, const AffineBackwardJob* j,
+                               floating* dx) noexcept nogil:
+    cdef Py_ssize_t lo = 0, hi = 0, blk
+    while _take(items, &lo, &hi):
+        for blk in range(lo, hi):
+            _affine_backward_block(j, blk, <const floating*>j.x, <const floating*>j.w,
+                                   <const floating*>j.dout, dx, <floating*>j.dw)
+
+
+cdef class _AffineBackwardWork(_Work):
+    cdef AffineBackwardJob job
+
+    def run(self, int tid):
+        with nogil:
+            if self.is_double:
+                _affine_backward_run(&self.items, &self.job, <double*>self.job.dx)
+            else:
+                _affine_backward_run(&self.items, &self.job, <float*>self.job.dx)
+
+
+def affine_backward(x, w, dout, reg=0.0, compute_dx=True):
+    """
+    The affine layer's matrix products backward, over blocks of rows of w
+    on the team: each block's part of dx and its rows of dw (with reg * w)
+    while the block is in cache, so w is read from memory once. Every
+    element is computed by one thread in a fixed order (bit-identical
+    across calls and thread counts).
+
+    Inputs:
+    - x: (N, D) input of the layer, flattened; w: (D, M); dout: (N, M);
+      one float dtype, copied when not C-contiguous
+    - reg: L2 strength; dw includes reg * w
+    - compute_dx: False skips dx
+
+    Returns a tuple of:
+    - dx: (N, D) dout @ w.T, or None without compute_dx
+    - dw: (D, M) x.T @ dout + reg * w
+    """
+    dtype = _check_arrays((("x", x), ("w", w), ("dout", dout)), (), same_shape=False)
+    _boundary.check_affine_backward(x, w, dout, reg)
+    cdef int N = x.shape[0], D = x.shape[1], M = w.shape[1]
+    rows = _affine_rows(N, D, M)
+    if rows == 0:
+        raise ValueError("affine_backward: N * M = %d * %d is too large for blocks of 8 rows "
+                         "of w within GEMM_TILE_LIMIT; use matmul" % (N, M))
+    x = np.ascontiguousarray(x)
+    w = np.ascontiguousarray(w)
+    dout = np.ascontiguousarray(dout)
+    dx = np.empty((N, D), dtype=dtype) if compute_dx else None
+    dw = np.empty((D, M), dtype=dtype)
+    if dw.size == 0:
+        if dx is not None:
+            dx[...] = 0  # M == 0: an empty sum
+        return dx, dw
+    if N == 0:
+        if dx is not None:
+            dx[...] = 0
+        np.multiply(w, reg, out=dw)
+        return dx, dw
+    cdef _AffineBackwardWork work = _AffineBackwardWork()
+    cdef AffineBackwardJob* j = &work.job
+    j.N, j.D, j.M = N, D, M
+    j.rows = rows
+    j.want_dx = dx is not None and dx.size > 0
+    j.reg = reg
+    j.x = _address(x, False)
+    j.w = _address(w, False)
+    j.dout = _address(dout, False)
+    j.dx = _address(dx, True) if j.want_dx else NULL
+    j.dw = _address(dw, True)
+    blocks = (D + rows - 1) // rows
+    _start(work, blocks, _tile_grain(blocks, _cpu_team.threads_for(blocks)), dtype,
+           (x, w, dout, dx, dw))
+    return dx, dw
