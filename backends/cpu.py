@@ -179,8 +179,7 @@ def affine_backward(x, w, dout, reg=0.0, compute_dx=True):
             and compiled._affine_rows(x.shape[0], x.shape[1], w.shape[1]) > 0):
         return compiled.affine_backward(x, w, dout, reg, compute_dx)
     _boundary.check_affine_backward(x, w, dout, reg)
-    dx = matmul(dout, w.T) if compute_dx else None
-    return dx, matmul(x.T, dout, w, reg)
+    return numpy_kernels.affine_backward_by_products(matmul, x, w, dout, reg, compute_dx)
 
 
 def softmax_loss(x, y):

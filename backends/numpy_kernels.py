@@ -361,7 +361,17 @@ def affine_backward(x, w, dout, reg=0.0, compute_dx=True):
     - dw: (D, M) x.T @ dout + reg * w
     """
     _boundary.check_affine_backward(x, w, dout, reg)
-    dx = dout @ w.T if compute_dx else None
+    return affine_backward_by_products(matmul, x, w, dout, reg, compute_dx)
+
+
+def affine_backward_by_products(matmul, x, w, dout, reg, compute_dx):
+    """
+    affine_backward (arguments already checked) as two products of the
+    given device's matmul: dx = dout @ w.T, dw = x.T @ dout + reg * w. The
+    NumPy formula, the CUDA backend and the CPU's layers too wide for the
+    compiled sweep use it.
+    """
+    dx = matmul(dout, w.T) if compute_dx else None
     return dx, matmul(x.T, dout, w, reg)
 
 

@@ -528,33 +528,22 @@ MATMUL_SHAPES = [(1, 1, 1), (7, 13, 5), (50, 200, 60)]
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
 @pytest.mark.parametrize("shape", MATMUL_SHAPES, ids=["x".join(map(str, s)) for s in MATMUL_SHAPES])
 def test_matmul(impl, dtype, shape):
+    # a @ b on every layout; + beta * c with c left as it was; beta 0 ignores
+    # c (NaNs included).
     M, K, N = shape
     rng = np.random.RandomState(10)
-    a, b = rng.randn(M, K), rng.randn(K, N)
-    expected = a @ b
+    a, b, c = rng.randn(M, K), rng.randn(K, N), rng.randn(M, N)
+    tol = dict(atol=1e-4 if dtype == np.float32 else 1e-11)
+    C, nan = impl.put(c, dtype), impl.put(np.full((M, N), np.nan), dtype)
     for A, B in ((impl.put(a, dtype), impl.put(b, dtype)),
                  (impl.put(a.T, dtype).T, impl.put(b, dtype)),        # a transposed view
                  (impl.put(a, dtype), impl.put(np.repeat(b, 2, axis=1), dtype)[:, ::2])):
         got = impl.ops.matmul(A, B)
         assert isinstance(got, impl.xp.ndarray) and got.dtype == dtype and got.shape == (M, N)
-        assert_close(got, expected, dtype, atol=1e-4 if dtype == np.float32 else 1e-11)
-
-
-@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
-@pytest.mark.parametrize("shape", MATMUL_SHAPES, ids=["x".join(map(str, s)) for s in MATMUL_SHAPES])
-def test_matmul_plus_beta_c(impl, dtype, shape):
-    # a @ b + beta * c, c left as it was; beta 0 ignores c (NaNs included).
-    M, K, N = shape
-    rng = np.random.RandomState(12)
-    a, b, c = rng.randn(M, K), rng.randn(K, N), rng.randn(M, N)
-    A, B, C = impl.put(a, dtype), impl.put(b, dtype), impl.put(c, dtype)
-    got = impl.ops.matmul(A, B, C, 0.25)
-    assert isinstance(got, impl.xp.ndarray) and got.dtype == dtype and got.shape == (M, N)
-    assert_close(got, a @ b + 0.25 * c, dtype, atol=1e-4 if dtype == np.float32 else 1e-11)
+        assert_close(got, a @ b, dtype, **tol)
+        assert_close(impl.ops.matmul(A, B, C, 0.25), a @ b + 0.25 * c, dtype, **tol)
+        assert_close(impl.ops.matmul(A, B, nan, 0.0), a @ b, dtype, **tol)
     assert_close(C, c, dtype, atol=0)
-    nan = impl.put(np.full((M, N), np.nan), dtype)
-    assert_close(impl.ops.matmul(A, B, nan, 0.0), a @ b, dtype,
-                 atol=1e-4 if dtype == np.float32 else 1e-11)
 
 
 # (N, D, M): tiny; small products (numpy's @); blocks of 64 rows of w with a

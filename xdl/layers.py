@@ -28,12 +28,9 @@ from xdl._checks import (
 # ---------------------------------------------------------------------------
 
 
-def _matmul(a, b, c=None, beta=0.0):
-    """
-    a @ b (+ beta * c) on the arrays' device (on the CPU, large products run
-    on the kernels' threads, which add beta * c inside the product).
-    """
-    return kernels_for(a, b).matmul(a, b, c, beta)
+def _matmul(a, b):
+    """a @ b on the arrays' device (on the CPU, large products run on the kernels' threads)."""
+    return kernels_for(a, b).matmul(a, b)
 
 
 def affine_forward(x, w, b):
