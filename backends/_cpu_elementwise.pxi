@@ -300,16 +300,25 @@ cdef void _adam_run(Items* items, const AdamJob* j, floating* next_w) noexcept n
     cdef floating b1 = <floating>j.beta1, k1 = <floating>(1 - j.beta1)
     cdef floating b2 = <floating>j.beta2, k2 = <floating>(1 - j.beta2)
     cdef floating neg_step = <floating>(-j.step), eps = <floating>j.eps_hat
-    cdef floating root[SQRT_BLOCK]
-    cdef Py_ssize_t lo = 0, hi = 0, b0, bn, i
+    cdef Py_ssize_t lo = 0, hi = 0
     while _take(items, &lo, &hi):
-        b0 = lo
-        while b0 < hi:
-            bn = min(<Py_ssize_t>SQRT_BLOCK, hi - b0)
-            _adam_moments(dw + b0, m + b0, v + b0, root, bn, b1, k1, b2, k2)
-            for i in range(bn):
-                next_w[b0 + i] = (m[b0 + i] / (root[i] + eps)) * neg_step + w[b0 + i]
-            b0 += bn
+        _adam_span(w + lo, dw + lo, m + lo, v + lo, next_w + lo, hi - lo,
+                   b1, k1, b2, k2, neg_step, eps)
+
+
+cdef void _adam_span(const floating* w, const floating* dw, floating* m, floating* v,
+                     floating* next_w, Py_ssize_t n, floating b1, floating k1,
+                     floating b2, floating k2, floating neg_step,
+                     floating eps) noexcept nogil:
+    # Adam on n consecutive elements, SQRT_BLOCK at a time.
+    cdef floating root[SQRT_BLOCK]
+    cdef Py_ssize_t b0 = 0, bn, i
+    while b0 < n:
+        bn = min(<Py_ssize_t>SQRT_BLOCK, n - b0)
+        _adam_moments(dw + b0, m + b0, v + b0, root, bn, b1, k1, b2, k2)
+        for i in range(bn):
+            next_w[b0 + i] = (m[b0 + i] / (root[i] + eps)) * neg_step + w[b0 + i]
+        b0 += bn
 
 
 cdef class _AdamWork(_Work):
@@ -432,25 +441,28 @@ cdef struct SumOfSquaresJob:
 
 cdef void _sum_of_squares_run(Items* items, const SumOfSquaresJob* j,
                               const floating* x) noexcept nogil:
-    # Eight independent partial sums in double per chunk: the loop vectorizes
-    # (one running sum would be a chain of dependent additions), and a
-    # chunk's error stays far below float32's rounding.
+    cdef Py_ssize_t lo = 0, hi = 0
+    while _take(items, &lo, &hi):
+        j.partials[lo // items.grain] = _sumsq_span(x + lo, hi - lo)
+
+
+cdef double _sumsq_span(const floating* x, Py_ssize_t n) noexcept nogil:
+    # Eight independent partial sums in double: the loop vectorizes (one
+    # running sum would be a chain of dependent additions), and a span's
+    # error stays far below float32's rounding.
     cdef double acc[8]
     cdef double v
-    cdef Py_ssize_t lo = 0, hi = 0, i, k, n8
-    while _take(items, &lo, &hi):
+    cdef Py_ssize_t i, k, n8 = n - n % 8
+    for k in range(8):
+        acc[k] = 0
+    for i in range(0, n8, 8):
         for k in range(8):
-            acc[k] = 0
-        n8 = hi - (hi - lo) % 8
-        for i in range(lo, n8, 8):
-            for k in range(8):
-                v = x[i + k]
-                acc[k] += v * v
-        for i in range(n8, hi):
-            v = x[i]
-            acc[0] += v * v
-        j.partials[lo // items.grain] = (((acc[0] + acc[1]) + (acc[2] + acc[3]))
-                                         + ((acc[4] + acc[5]) + (acc[6] + acc[7])))
+            v = x[i + k]
+            acc[k] += v * v
+    for i in range(n8, n):
+        v = x[i]
+        acc[0] += v * v
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 
 
 cdef class _SumOfSquaresWork(_Work):

@@ -22,10 +22,101 @@ def _band(int H, int W):
     return max(1, POOL_BAND_PIXELS // max(1, H * W))
 
 
+cdef extern from *:
+    """
+    /* One output row of a 2x2, stride-2 max pool: out[ow] = max of
+       r0[2ow], r0[2ow+1], r1[2ow], r1[2ow+1] and am[ow] = the index (0-3)
+       of the first maximum in that order (_wins: np.argmax's rule, where the
+       first NaN is the maximum), as the scalar loop. SSE2 does
+       2 (double) or 4 (float) windows per step with compare-and-select;
+       GCC vectorizes neither the double loop (measured here: 1.67 ms
+       against 0.33 ms for the pooling of the CNN's 50x32x32x32 map) nor,
+       fully, the float one. The index is carried as a float of the value's
+       width and converted exactly at the end. The tail (odd OW) and other
+       machines take the scalar loop; returned: the windows done. */
+    #if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
+    #include <emmintrin.h>
+    #define XDL_SEL_PD(m, a, b) _mm_or_pd(_mm_and_pd(m, a), _mm_andnot_pd(m, b))
+    #define XDL_SEL_PS(m, a, b) _mm_or_ps(_mm_and_ps(m, a), _mm_andnot_ps(m, b))
+    /* v replaces best: v > best, or v is the window's first NaN. */
+    #define XDL_WINS_PD(v, best) _mm_or_pd(_mm_cmpgt_pd(v, best), \
+        _mm_and_pd(_mm_cmpunord_pd(v, v), _mm_cmpord_pd(best, best)))
+    #define XDL_WINS_PS(v, best) _mm_or_ps(_mm_cmpgt_ps(v, best), \
+        _mm_and_ps(_mm_cmpunord_ps(v, v), _mm_cmpord_ps(best, best)))
+    static Py_ssize_t xdl_pool2x2_row_d(const double *r0, const double *r1, double *out,
+                                        int *am, Py_ssize_t OW) {
+        Py_ssize_t ow = 0;
+        __m128d best, v, m, k;
+        for (; ow + 2 <= OW; ow += 2) {
+            __m128d a0 = _mm_loadu_pd(r0 + 2 * ow), a1 = _mm_loadu_pd(r0 + 2 * ow + 2);
+            __m128d b0 = _mm_loadu_pd(r1 + 2 * ow), b1 = _mm_loadu_pd(r1 + 2 * ow + 2);
+            best = _mm_unpacklo_pd(a0, a1);
+            v = _mm_unpackhi_pd(a0, a1);
+            m = XDL_WINS_PD(v, best);
+            best = XDL_SEL_PD(m, v, best);
+            k = _mm_and_pd(m, _mm_set1_pd(1.0));
+            v = _mm_unpacklo_pd(b0, b1);
+            m = XDL_WINS_PD(v, best);
+            best = XDL_SEL_PD(m, v, best);
+            k = XDL_SEL_PD(m, _mm_set1_pd(2.0), k);
+            v = _mm_unpackhi_pd(b0, b1);
+            m = XDL_WINS_PD(v, best);
+            best = XDL_SEL_PD(m, v, best);
+            k = XDL_SEL_PD(m, _mm_set1_pd(3.0), k);
+            _mm_storeu_pd(out + ow, best);
+            _mm_storel_epi64((__m128i *)(am + ow), _mm_cvttpd_epi32(k));
+        }
+        return ow;
+    }
+    static Py_ssize_t xdl_pool2x2_row_f(const float *r0, const float *r1, float *out,
+                                        int *am, Py_ssize_t OW) {
+        Py_ssize_t ow = 0;
+        __m128 best, v, m, k;
+        for (; ow + 4 <= OW; ow += 4) {
+            __m128 a0 = _mm_loadu_ps(r0 + 2 * ow), a1 = _mm_loadu_ps(r0 + 2 * ow + 4);
+            __m128 b0 = _mm_loadu_ps(r1 + 2 * ow), b1 = _mm_loadu_ps(r1 + 2 * ow + 4);
+            best = _mm_shuffle_ps(a0, a1, _MM_SHUFFLE(2, 0, 2, 0));
+            v = _mm_shuffle_ps(a0, a1, _MM_SHUFFLE(3, 1, 3, 1));
+            m = XDL_WINS_PS(v, best);
+            best = XDL_SEL_PS(m, v, best);
+            k = _mm_and_ps(m, _mm_set1_ps(1.0f));
+            v = _mm_shuffle_ps(b0, b1, _MM_SHUFFLE(2, 0, 2, 0));
+            m = XDL_WINS_PS(v, best);
+            best = XDL_SEL_PS(m, v, best);
+            k = XDL_SEL_PS(m, _mm_set1_ps(2.0f), k);
+            v = _mm_shuffle_ps(b0, b1, _MM_SHUFFLE(3, 1, 3, 1));
+            m = XDL_WINS_PS(v, best);
+            best = XDL_SEL_PS(m, v, best);
+            k = XDL_SEL_PS(m, _mm_set1_ps(3.0f), k);
+            _mm_storeu_ps(out + ow, best);
+            _mm_storeu_si128((__m128i *)(am + ow), _mm_cvttps_epi32(k));
+        }
+        return ow;
+    }
+    #else
+    static Py_ssize_t xdl_pool2x2_row_d(const double *r0, const double *r1, double *out,
+                                        int *am, Py_ssize_t OW) { return 0; }
+    static Py_ssize_t xdl_pool2x2_row_f(const float *r0, const float *r1, float *out,
+                                        int *am, Py_ssize_t OW) { return 0; }
+    #endif
+    """
+    Py_ssize_t xdl_pool2x2_row_d(const double* r0, const double* r1, double* out, int* am,
+                                 Py_ssize_t OW) noexcept nogil
+    Py_ssize_t xdl_pool2x2_row_f(const float* r0, const float* r1, float* out, int* am,
+                                 Py_ssize_t OW) noexcept nogil
+
+
+cdef inline bint _wins(floating v, floating best) noexcept nogil:
+    # Does v replace the window's maximum so far? np.argmax's rule: strictly
+    # greater (the first of equal maxima keeps its place), or the first NaN,
+    # which then stays (nothing compares greater than it).
+    return v > best or (v != v and best == best)
+
+
 cdef void _pool_forward_plane(const floating* x, floating* out, int* am,
                               PoolShape s) noexcept nogil:
     # out[oh, ow] = max of the window; am = kh*pw + kw of its first maximum.
-    cdef Py_ssize_t oh, ow, i, j
+    cdef Py_ssize_t oh, ow, i, j, done
     cdef int k
     cdef int W = s.W, OW = s.OW
     cdef floating best, v
@@ -35,20 +126,24 @@ cdef void _pool_forward_plane(const floating* x, floating* out, int* am,
         for oh in range(s.OH):
             r0 = x + 2 * oh * W
             r1 = r0 + W
-            for ow in range(OW):
-                # Written so that GCC turns the float case into SIMD selects.
+            if floating is float:
+                done = xdl_pool2x2_row_f(r0, r1, out + oh * OW, am + oh * OW, OW)
+            else:
+                done = xdl_pool2x2_row_d(r0, r1, out + oh * OW, am + oh * OW, OW)
+            for ow in range(done, OW):
+                # The scalar loop, for the tail and machines without SSE2.
                 best = r0[2 * ow]
                 k = 0
                 v = r0[2 * ow + 1]
-                if v > best:  # strict: the first maximum keeps ties
+                if _wins(v, best):
                     best = v
                     k = 1
                 v = r1[2 * ow]
-                if v > best:
+                if _wins(v, best):
                     best = v
                     k = 2
                 v = r1[2 * ow + 1]
-                if v > best:
+                if _wins(v, best):
                     best = v
                     k = 3
                 out[oh * OW + ow] = best
@@ -62,7 +157,7 @@ cdef void _pool_forward_plane(const floating* x, floating* out, int* am,
             for i in range(s.ph):
                 for j in range(s.pw):
                     v = r0[i * W + j]
-                    if v > best:  # strict: the first maximum keeps ties
+                    if _wins(v, best):
                         best = v
                         k = i * s.pw + j
             out[oh * OW + ow] = best

@@ -105,8 +105,8 @@ __global__ void conv_bias_nchw(const T* __restrict__ res, const T* __restrict__ 
 // ---------------------------------------------------------------------------
 
 // out[n, c, oh, ow] = max over the window; argmax = kh*pw + kw of its first
-// maximum in row-major window order (strict >, as np.argmax). One thread per
-// output element.
+// maximum in row-major window order (np.argmax's rule: strict >, and the
+// first NaN is the maximum). One thread per output element.
 template <typename T>
 __global__ void maxpool_forward(const T* __restrict__ x, T* __restrict__ out,
                                 int* __restrict__ argmax,
@@ -125,7 +125,7 @@ __global__ void maxpool_forward(const T* __restrict__ x, T* __restrict__ out,
         for (long long kh = 0; kh < ph; ++kh) {
             for (long long kw = 0; kw < pw; ++kw) {
                 const T v = win[kh * W + kw];
-                if (v > best) {
+                if (v > best || (v != v && best == best)) {  // np.argmax: the first NaN wins
                     best = v;
                     best_k = (int)(kh * pw + kw);
                 }

@@ -352,6 +352,30 @@ def test_maxpool_matches_the_naive_layers(impl, case, dtype):
     assert_close(dx, layers.max_pool_backward_naive(dout, cache), dtype)
 
 
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize("ph,pw,stride", [(2, 2, 2), (3, 2, 1)])
+def test_maxpool_ties_infinities_and_nan_follow_np_argmax(impl, dtype, ph, pw, stride):
+    # Few distinct values (ties everywhere), infinities and NaNs, on widths
+    # that give the vectorized 2x2 rows every tail length: the pooled value
+    # is the window's np.max (NaN when it holds one) and the argmax np.argmax
+    # (the first maximum, the first NaN before anything else).
+    rng = np.random.RandomState(6)
+    for W in (2, 6, 8, 10, 14, 18):
+        x = rng.randint(-2, 3, size=(2, 3, 6, W)).astype(dtype)
+        for value, share in ((np.nan, 0.1), (np.inf, 0.05), (-np.inf, 0.05)):
+            x[rng.rand(*x.shape) < share] = value
+        OH, OW = (6 - ph) // stride + 1, (W - pw) // stride + 1
+        out, argmax = impl.ops.maxpool_forward(impl.put(x), ph, pw, stride, OH, OW)
+        ref_argmax = window_argmax(x, ph, pw, stride)
+        np.testing.assert_array_equal(host(argmax), ref_argmax)
+        windows = np.stack([x[:, :, i:i + stride * (OH - 1) + 1:stride,
+                              j:j + stride * (OW - 1) + 1:stride]
+                            for i in range(ph) for j in range(pw)], axis=-1)
+        ref_out = np.take_along_axis(windows, ref_argmax[..., None], axis=-1)[..., 0]
+        np.testing.assert_array_equal(host(out), ref_out)
+        assert np.isnan(host(out)).any()
+
+
 def test_maxpool_numerical_gradient_float64(impl):
     rng = np.random.RandomState(5)
     x = impl.put(rng.randn(2, 2, 6, 5))   # overlapping 3x2 windows, stride 1
