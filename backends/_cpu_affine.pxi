@@ -112,8 +112,8 @@ def affine_backward(x, w, dout, reg=0.0, compute_dx=True):
     x = np.ascontiguousarray(x)
     w = np.ascontiguousarray(w)
     dout = np.ascontiguousarray(dout)
-    dx = np.empty((N, D), dtype=dtype) if compute_dx else None
-    dw = np.empty((D, M), dtype=dtype)
+    dx = pooled_empty((N, D), dtype) if compute_dx else None
+    dw = pooled_empty((D, M), dtype)
     if dw.size == 0:
         if dx is not None:
             dx[...] = 0  # M == 0: an empty sum

@@ -349,7 +349,7 @@ def im2col(x, int KH, int KW, int stride, int pad, int OH, int OW):
     _boundary.check_im2col(x, KH, KW, stride, pad, OH, OW)
     cdef _Im2colWork work = _Im2colWork()
     work.job.s = _conv_shape(x.shape, 0, KH, KW, stride, pad, OH, OW)
-    cols = np.empty((work.job.s.K, work.job.s.N * work.job.s.P), dtype=x.dtype)
+    cols = pooled_empty((work.job.s.K, work.job.s.N * work.job.s.P), x.dtype)
     if cols.size:
         threads = _cpu_team.threads_for(work.job.s.N)
         workspace = _cpu_team.take_workspace(max(1, threads * _padded_size(work.job.s)), x.dtype)
@@ -477,7 +477,7 @@ def conv_forward(x, w, b, int stride, int pad, int OH, int OW):
     cdef _ConvForwardWork work = _ConvForwardWork()
     cdef ConvShape s = _conv_shape(x.shape, w.shape[0], w.shape[2], w.shape[3],
                                    stride, pad, OH, OW)
-    out = np.empty((s.N, s.F, OH, OW), dtype=dtype)
+    out = pooled_empty((s.N, s.F, OH, OW), dtype)
     if out.size == 0:
         return out
     if s.K == 0:
@@ -509,7 +509,7 @@ def conv_backward(dout, x, w, int stride, int pad, int OH, int OW, compute_dx=Tr
     x, dout, w = np.ascontiguousarray(x), np.ascontiguousarray(dout), np.ascontiguousarray(w)
     cdef ConvShape s = _conv_shape(x.shape, w.shape[0], w.shape[2], w.shape[3],
                                    stride, pad, OH, OW)
-    dx = np.empty(x.shape, dtype=dtype) if compute_dx else None
+    dx = pooled_empty(x.shape, dtype) if compute_dx else None
     dw = np.zeros((s.F, s.K), dtype=dtype)
     db = np.zeros(s.F, dtype=dtype)
     if s.N == 0 or s.F == 0 or s.K == 0 or s.P == 0:

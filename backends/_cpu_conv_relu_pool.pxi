@@ -155,8 +155,8 @@ def conv_relu_pool_forward(x, w, b, int stride, int pad, int OH, int OW,
     cdef _ConvReluPoolForwardWork work = _ConvReluPoolForwardWork()
     work.job.s = s
     work.job.q = _pool_shape((s.N, s.F, OH, OW), ph, pw, pool_stride, POH, POW)
-    out = np.empty((s.N, s.F, POH, POW), dtype=dtype)
-    argmax = np.empty((s.N, s.F, POH, POW), dtype=np.int32)
+    out = pooled_empty((s.N, s.F, POH, POW), dtype)
+    argmax = pooled_empty((s.N, s.F, POH, POW), np.int32)
     cdef int threads = _cpu_team.threads_for(s.N)
     work.job.cols_at = _aligned(<Py_ssize_t>s.F * s.P)
     work.job.per_thread = work.job.cols_at + _image_scratch(s)
@@ -190,7 +190,7 @@ def conv_relu_pool_backward(dout, argmax, x, w, int stride, int pad, int OH, int
     if s.N == 0 or s.F == 0 or s.K == 0 or s.P == 0:
         dconv = maxpool_backward(dout, argmax, (s.N, s.F, OH, OW), ph, pw, pool_stride, POH, POW)
         return conv_backward(dconv, x, w, stride, pad, OH, OW, compute_dx=compute_dx)
-    dx = np.empty(x.shape, dtype=dtype) if compute_dx else None
+    dx = pooled_empty(x.shape, dtype) if compute_dx else None
     dw = np.zeros((s.F, s.K), dtype=dtype)
     db = np.zeros(s.F, dtype=dtype)
     cdef int threads = _cpu_team.threads_for(s.N)

@@ -123,7 +123,7 @@ def sgd(w, dw, lr):
     """
     dtype = _check_arrays((("w", w), ("dw", dw)), ())
     w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
-    next_w = np.empty(w.shape, dtype=dtype)
+    next_w = pooled_empty(w.shape, dtype)
     cdef _SgdWork work = _SgdWork()
     work.job.w, work.job.dw, work.job.next_w = _address(w, False), _address(dw, False), \
         _address(next_w, True)
@@ -183,7 +183,7 @@ def sgd_momentum(w, dw, v, lr, mu):
     """
     dtype = _check_arrays((("w", w), ("dw", dw)), (("velocity", v),))
     w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
-    next_w = np.empty(w.shape, dtype=dtype)
+    next_w = pooled_empty(w.shape, dtype)
     cdef _SgdMomentumWork work = _SgdMomentumWork()
     work.job.w, work.job.dw = _address(w, False), _address(dw, False)
     work.job.v, work.job.next_w = _address(v, True), _address(next_w, True)
@@ -254,7 +254,7 @@ def rmsprop(w, dw, cache, lr, decay, eps):
     """
     dtype = _check_arrays((("w", w), ("dw", dw)), (("cache", cache),))
     w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
-    next_w = np.empty(w.shape, dtype=dtype)
+    next_w = pooled_empty(w.shape, dtype)
     cdef _RmspropWork work = _RmspropWork()
     work.job.w, work.job.dw = _address(w, False), _address(dw, False)
     work.job.cache, work.job.next_w = _address(cache, True), _address(next_w, True)
@@ -351,7 +351,7 @@ def adam(w, dw, m, v, beta1, beta2, step, eps_hat):
     """
     dtype = _check_arrays((("w", w), ("dw", dw)), (("m", m), ("v", v)))
     w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
-    next_w = np.empty(w.shape, dtype=dtype)
+    next_w = pooled_empty(w.shape, dtype)
     cdef _AdamWork work = _AdamWork()
     work.job.w, work.job.dw = _address(w, False), _address(dw, False)
     work.job.m, work.job.v = _address(m, True), _address(v, True)
@@ -421,7 +421,7 @@ def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink):
     """
     dtype = _check_arrays((("w", w), ("dw", dw)), (("m", m), ("v", v)))
     w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
-    next_w = np.empty(w.shape, dtype=dtype)
+    next_w = pooled_empty(w.shape, dtype)
     cdef _AdamWWork work = _AdamWWork()
     work.job.w, work.job.dw = _address(w, False), _address(dw, False)
     work.job.m, work.job.v = _address(m, True), _address(v, True)

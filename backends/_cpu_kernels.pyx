@@ -9,6 +9,7 @@ sharing this module's namespace:
 
 - ``_cpu_common.pxi``: the float type, BLAS, work items, the work objects
   the thread team runs, array addresses and argument checks;
+- ``_cpu_memory.pxi``: pooled_empty, reused memory for large outputs;
 - ``_cpu_conv.pxi``: im2col, col2im, conv_forward, conv_backward;
 - ``_cpu_pool.pxi``: maxpool_forward, maxpool_backward;
 - ``_cpu_elementwise.pxi``: sgd, sgd_momentum, rmsprop, adam, adamw,
@@ -29,6 +30,7 @@ from xdl.backends import _boundary, _cpu_team
 from xdl.backends._cpu_team import clear_workspace, get_num_threads, set_num_threads  # noqa: F401
 
 include "_cpu_common.pxi"
+include "_cpu_memory.pxi"
 include "_cpu_conv.pxi"
 include "_cpu_pool.pxi"
 include "_cpu_conv_relu_pool.pxi"

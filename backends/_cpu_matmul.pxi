@@ -150,7 +150,7 @@ def matmul(a, b, c=None, beta=0.0, tiles=None, grain=None):
     elif c is not None:
         c = np.ascontiguousarray(c)
     cdef int M = a.shape[0], K = a.shape[1], N = b.shape[1]
-    out = np.empty((M, N), dtype=dtype)
+    out = pooled_empty((M, N), dtype)
     if out.size == 0:
         return out
     if K == 0:

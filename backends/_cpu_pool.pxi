@@ -280,8 +280,8 @@ def maxpool_forward(x, int ph, int pw, int stride, int OH, int OW):
     cdef _PoolForwardWork work = _PoolForwardWork()
     work.job.s = _pool_shape(x.shape, ph, pw, stride, OH, OW)
     N, C = x.shape[:2]
-    out = np.empty((N, C, OH, OW), dtype=x.dtype)
-    argmax = np.empty((N, C, OH, OW), dtype=np.int32)
+    out = pooled_empty((N, C, OH, OW), x.dtype)
+    argmax = pooled_empty((N, C, OH, OW), np.int32)
     if out.size:
         work.job.x = _address(x, False)
         work.job.out, work.job.argmax = _address(out, True), _address(argmax, True)
@@ -304,7 +304,7 @@ def maxpool_backward(dout, argmax, x_shape, int ph, int pw, int stride, int OH, 
     cdef _PoolBackwardWork work = _PoolBackwardWork()
     work.job.s = _pool_shape(tuple(x_shape), ph, pw, stride, OH, OW)
     N, C, H, W = x_shape
-    dx = np.empty((N, C, H, W), dtype=dout.dtype)
+    dx = pooled_empty((N, C, H, W), dout.dtype)
     if dx.size == 0:
         return dx
     if dout.size == 0:

@@ -500,3 +500,133 @@ def test_affine_with_mixed_dtypes_uses_numpy():
     out, _ = affine_forward(x, w, np.zeros(40))
     assert out.dtype == np.float64
     np.testing.assert_allclose(out, x @ w, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Reused memory for large outputs (_cpu_memory.pxi)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pool():
+    """The compiled kernels with an empty pool; limits restored afterwards."""
+    kern = compiled()
+    limits = kern.POOL_MIN_BYTES, kern.POOL_IDLE_BYTES
+    kern.free_pooled()
+    yield kern
+    kern.POOL_MIN_BYTES, kern.POOL_IDLE_BYTES = limits
+    kern.free_pooled()
+
+
+def test_pooled_empty_reuses_freed_memory_of_the_same_size(pool):
+    a = pool.pooled_empty((1024, 512), np.float32)           # 2 MiB
+    assert a.shape == (1024, 512) and a.dtype == np.float32
+    assert a.flags.c_contiguous and a.flags.writeable and a.ctypes.data % 64 == 0
+    address = a.ctypes.data
+    assert pool.pooled_idle_bytes() == 0
+    del a
+    assert pool.pooled_idle_bytes() == 2 << 20
+    b = pool.pooled_empty((256, 1024), np.float64)           # the same bytes, another shape
+    assert b.ctypes.data == address and pool.pooled_idle_bytes() == 0
+    c = pool.pooled_empty((1024, 512), np.float32)           # b still in use: new memory
+    assert c.ctypes.data != address
+    small = pool.pooled_empty((10, 10), np.float64)          # below POOL_MIN_BYTES: np.empty
+    assert small.flags.owndata and small.shape == (10, 10)
+
+
+def test_a_view_keeps_its_block_in_use(pool):
+    a = pool.pooled_empty((1 << 18,), np.float64)            # 2 MiB
+    a[:] = 1.0
+    view = a[10:20]
+    del a
+    assert pool.pooled_idle_bytes() == 0                     # the view still uses the block
+    b = pool.pooled_empty((1 << 18,), np.float64)
+    b[:] = 2.0
+    np.testing.assert_array_equal(view, np.ones(10))         # untouched by b
+    del view
+    assert pool.pooled_idle_bytes() == 2 << 20
+    del b
+    assert pool.pooled_idle_bytes() == 4 << 20
+    pool.free_pooled()
+    assert pool.pooled_idle_bytes() == 0
+
+
+def test_idle_memory_is_capped_oldest_freed_first(pool):
+    pool.POOL_IDLE_BYTES = 5 << 20
+    a0, a1, a2 = (pool.pooled_empty((1 << 20,), np.uint8) for _ in range(3))
+    big = pool.pooled_empty((3 << 20,), np.uint8)
+    addresses = [a.ctypes.data for a in (a0, a1, a2)]
+    del a0, a1, a2                                           # 3 MiB idle, a0 the oldest
+    assert pool.pooled_idle_bytes() == 3 << 20
+    del big                                                  # 6 MiB > 5: a0 is freed
+    assert pool.pooled_idle_bytes() == 5 << 20
+    reused = [pool.pooled_empty((1 << 20,), np.uint8) for _ in range(2)]
+    assert [r.ctypes.data for r in reused] == addresses[:0:-1]  # a2, then a1
+    assert pool.pooled_idle_bytes() == 3 << 20               # the 3 MiB block is left
+
+
+def _poison(pool, shapes_dtypes):
+    """Leave idle blocks of these shapes full of NaN (ints: 12345); return their addresses."""
+    blocks = []
+    for shape, dtype in shapes_dtypes:
+        a = pool.pooled_empty(shape, dtype)
+        a.fill(np.nan if np.dtype(dtype).kind == "f" else 12345)
+        blocks.append(a)
+    addresses = {a.ctypes.data for a in blocks}
+    del a
+    blocks.clear()
+    return addresses
+
+
+def _pool_cases(dtype):
+    """(name, args) of every operation with an array output, on small shapes."""
+    rng = np.random.RandomState(7)
+    r = lambda *s: rng.randn(*s).astype(dtype)  # noqa: E731
+    x, w, b = r(3, 2, 8, 8), r(4, 2, 3, 3), r(4)
+    conv = (1, 1, 8, 8)
+    pool2 = (2, 2, 2, 4, 4)
+    _, argmax = cpu.numpy_kernels.conv_relu_pool_forward(x, w, b, *conv, *pool2)
+    _, pam = cpu.numpy_kernels.maxpool_forward(x, 2, 2, 2, 4, 4)
+    params = [r(5, 7) for _ in range(4)]
+    v = np.abs(params[3])
+    return [
+        ("im2col", (x, 3, 3, 1, 1, 8, 8)),
+        ("conv_forward", (x, w, b) + conv),
+        ("conv_backward", (r(3, 4, 8, 8), x, w) + conv),
+        ("maxpool_forward", (x, 2, 2, 2, 4, 4)),
+        ("maxpool_backward", (r(3, 2, 4, 4), pam, x.shape, 2, 2, 2, 4, 4)),
+        ("conv_relu_pool_forward", (x, w, b) + conv + pool2),
+        ("conv_relu_pool_backward", (r(3, 4, 4, 4), argmax, x, w) + conv + pool2),
+        ("matmul", (r(6, 5), r(5, 7), r(6, 7), 0.5)),
+        ("affine_backward", (r(6, 40), r(40, 7), r(6, 7), 0.1)),
+        ("sgd", (params[0], params[1], 0.1)),
+        ("adam", (params[0], params[1], params[2].copy(), v.copy(), 0.9, 0.999, 1e-3, 1e-8)),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernels_write_every_element_of_reused_memory(pool, dtype):
+    # Fresh pages come zeroed from the kernel; reused ones hold the last
+    # array's values. Every output must be written in full: each operation
+    # runs on blocks left full of NaN by outputs of its own
+    # shapes (12345 for argmax), and must reuse them and match the NumPy
+    # formula.
+    pool.POOL_MIN_BYTES = 0
+    for name, args in _pool_cases(dtype):
+        ref = getattr(cpu.numpy_kernels, name)(*[a.copy() if isinstance(a, np.ndarray) else a
+                                                 for a in args])
+        ref = ref if isinstance(ref, tuple) else (ref,)
+        outs = [o for o in ref if isinstance(o, np.ndarray) and o.size]
+        poisoned = _poison(pool, [(o.shape, o.dtype) for o in outs])
+        got = getattr(pool, name)(*[a.copy() if isinstance(a, np.ndarray) else a for a in args])
+        got = got if isinstance(got, tuple) else (got,)
+        arrays = [g for g in got if isinstance(g, np.ndarray) and g.size]
+        assert poisoned & {g.ctypes.data for g in arrays}, name + " did not reuse a block"
+        for g, o in zip(arrays, outs):
+            assert g.shape == o.shape and g.dtype == o.dtype, name
+            if g.dtype.kind == "f":
+                assert_close(g, o, dtype)
+            else:
+                np.testing.assert_array_equal(g, o, err_msg=name)
+        del got, arrays
+        pool.free_pooled()
