@@ -26,6 +26,55 @@ cdef extern from *:
         for (; i + 2 <= n; i += 2) _mm_storeu_pd(x + i, _mm_sqrt_pd(_mm_loadu_pd(x + i)));
         for (; i < n; i++) x[i] = sqrt(x[i]);
     }
+    /* Adam (AdamW) over n elements in one pass, 4 (float) or 2 (double) at
+       a time, with _adam_span's operations in its order (no fused
+       multiply-add: the same bits as the scalar loop). Measured here on the
+       4.1 M weights of the CNN's W2, from memory: 2.0-3.7 -> 1.8-3.0 ms
+       (float32) and 5.5-6.0 -> 4.5-4.9 ms (float64) against the blocked
+       loop, which reads and writes each block twice. Non-temporal stores
+       of next_w were no faster. Returns the elements done (the rest is
+       left to the caller; 0 without SSE2). */
+    static Py_ssize_t xdl_adam_span_f(const float *w, const float *dw, float *m, float *v,
+                                      float *next_w, Py_ssize_t n, float b1, float k1, float b2,
+                                      float k2, float neg_step, float eps, float shrink) {
+        Py_ssize_t i = 0;
+        __m128 B1 = _mm_set1_ps(b1), K1 = _mm_set1_ps(k1), B2 = _mm_set1_ps(b2);
+        __m128 K2 = _mm_set1_ps(k2), S = _mm_set1_ps(neg_step), E = _mm_set1_ps(eps);
+        __m128 R = _mm_set1_ps(shrink);
+        for (; i + 4 <= n; i += 4) {
+            __m128 g = _mm_loadu_ps(dw + i);
+            __m128 mi = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(m + i), B1), _mm_mul_ps(K1, g));
+            __m128 vi = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(v + i), B2),
+                                   _mm_mul_ps(_mm_mul_ps(g, g), K2));
+            __m128 nw = _mm_add_ps(_mm_mul_ps(_mm_div_ps(mi, _mm_add_ps(_mm_sqrt_ps(vi), E)), S),
+                                   _mm_mul_ps(_mm_loadu_ps(w + i), R));
+            _mm_storeu_ps(m + i, mi);
+            _mm_storeu_ps(v + i, vi);
+            _mm_storeu_ps(next_w + i, nw);
+        }
+        return i;
+    }
+    static Py_ssize_t xdl_adam_span_d(const double *w, const double *dw, double *m, double *v,
+                                      double *next_w, Py_ssize_t n, double b1, double k1,
+                                      double b2, double k2, double neg_step, double eps,
+                                      double shrink) {
+        Py_ssize_t i = 0;
+        __m128d B1 = _mm_set1_pd(b1), K1 = _mm_set1_pd(k1), B2 = _mm_set1_pd(b2);
+        __m128d K2 = _mm_set1_pd(k2), S = _mm_set1_pd(neg_step), E = _mm_set1_pd(eps);
+        __m128d R = _mm_set1_pd(shrink);
+        for (; i + 2 <= n; i += 2) {
+            __m128d g = _mm_loadu_pd(dw + i);
+            __m128d mi = _mm_add_pd(_mm_mul_pd(_mm_loadu_pd(m + i), B1), _mm_mul_pd(K1, g));
+            __m128d vi = _mm_add_pd(_mm_mul_pd(_mm_loadu_pd(v + i), B2),
+                                    _mm_mul_pd(_mm_mul_pd(g, g), K2));
+            __m128d nw = _mm_add_pd(_mm_mul_pd(_mm_div_pd(mi, _mm_add_pd(_mm_sqrt_pd(vi), E)), S),
+                                    _mm_mul_pd(_mm_loadu_pd(w + i), R));
+            _mm_storeu_pd(m + i, mi);
+            _mm_storeu_pd(v + i, vi);
+            _mm_storeu_pd(next_w + i, nw);
+        }
+        return i;
+    }
     #elif defined(__aarch64__) && defined(__ARM_NEON)
     #include <arm_neon.h>
     static void xdl_sqrt_block_f(float *x, Py_ssize_t n) {
@@ -38,6 +87,13 @@ cdef extern from *:
         for (; i + 2 <= n; i += 2) vst1q_f64(x + i, vsqrtq_f64(vld1q_f64(x + i)));
         for (; i < n; i++) x[i] = sqrt(x[i]);
     }
+    static Py_ssize_t xdl_adam_span_f(const float *w, const float *dw, float *m, float *v,
+                                      float *next_w, Py_ssize_t n, float b1, float k1, float b2,
+                                      float k2, float neg_step, float eps, float shrink) { return 0; }
+    static Py_ssize_t xdl_adam_span_d(const double *w, const double *dw, double *m, double *v,
+                                      double *next_w, Py_ssize_t n, double b1, double k1,
+                                      double b2, double k2, double neg_step, double eps,
+                                      double shrink) { return 0; }
     #else
     static void xdl_sqrt_block_f(float *x, Py_ssize_t n) {
         Py_ssize_t i;
@@ -47,9 +103,22 @@ cdef extern from *:
         Py_ssize_t i;
         for (i = 0; i < n; i++) x[i] = sqrt(x[i]);
     }
+    static Py_ssize_t xdl_adam_span_f(const float *w, const float *dw, float *m, float *v,
+                                      float *next_w, Py_ssize_t n, float b1, float k1, float b2,
+                                      float k2, float neg_step, float eps, float shrink) { return 0; }
+    static Py_ssize_t xdl_adam_span_d(const double *w, const double *dw, double *m, double *v,
+                                      double *next_w, Py_ssize_t n, double b1, double k1,
+                                      double b2, double k2, double neg_step, double eps,
+                                      double shrink) { return 0; }
     #endif
     """
     void xdl_sqrt_block_f(float* x, Py_ssize_t n) noexcept nogil
+    Py_ssize_t xdl_adam_span_f(const float* w, const float* dw, float* m, float* v,
+                               float* next_w, Py_ssize_t n, float b1, float k1, float b2,
+                               float k2, float neg_step, float eps, float shrink) noexcept nogil
+    Py_ssize_t xdl_adam_span_d(const double* w, const double* dw, double* m, double* v,
+                               double* next_w, Py_ssize_t n, double b1, double k1, double b2,
+                               double k2, double neg_step, double eps, double shrink) noexcept nogil
     void xdl_sqrt_block_d(double* x, Py_ssize_t n) noexcept nogil
 
 # Elementwise kernels hand out chunks of this many elements. Timed with Adam
@@ -303,21 +372,29 @@ cdef void _adam_run(Items* items, const AdamJob* j, floating* next_w) noexcept n
     cdef Py_ssize_t lo = 0, hi = 0
     while _take(items, &lo, &hi):
         _adam_span(w + lo, dw + lo, m + lo, v + lo, next_w + lo, hi - lo,
-                   b1, k1, b2, k2, neg_step, eps)
+                   b1, k1, b2, k2, neg_step, eps, 1)
 
 
 cdef void _adam_span(const floating* w, const floating* dw, floating* m, floating* v,
                      floating* next_w, Py_ssize_t n, floating b1, floating k1,
-                     floating b2, floating k2, floating neg_step,
-                     floating eps) noexcept nogil:
-    # Adam on n consecutive elements, SQRT_BLOCK at a time.
+                     floating b2, floating k2, floating neg_step, floating eps,
+                     floating shrink) noexcept nogil:
+    # Adam (AdamW with shrink != 1) on n consecutive elements: the moments,
+    # then next_w = (m / (sqrt(v) + eps)) * neg_step + w * shrink. With
+    # shrink = 1, w * shrink is w exactly: Adam's result.
     cdef floating root[SQRT_BLOCK]
     cdef Py_ssize_t b0 = 0, bn, i
+    # SSE2 does all but a tail of fewer than 4 (float) or 2 (double)
+    # elements in one pass; other machines take the blocks below.
+    if floating is float:
+        b0 = xdl_adam_span_f(w, dw, m, v, next_w, n, b1, k1, b2, k2, neg_step, eps, shrink)
+    else:
+        b0 = xdl_adam_span_d(w, dw, m, v, next_w, n, b1, k1, b2, k2, neg_step, eps, shrink)
     while b0 < n:
         bn = min(<Py_ssize_t>SQRT_BLOCK, n - b0)
         _adam_moments(dw + b0, m + b0, v + b0, root, bn, b1, k1, b2, k2)
         for i in range(bn):
-            next_w[b0 + i] = (m[b0 + i] / (root[i] + eps)) * neg_step + w[b0 + i]
+            next_w[b0 + i] = (m[b0 + i] / (root[i] + eps)) * neg_step + w[b0 + i] * shrink
         b0 += bn
 
 
@@ -383,16 +460,10 @@ cdef void _adamw_run(Items* items, const AdamWJob* j, floating* next_w) noexcept
     cdef floating b2 = <floating>j.beta2, k2 = <floating>(1 - j.beta2)
     cdef floating neg_step = <floating>(-j.step), eps = <floating>j.eps_hat
     cdef floating shrink = <floating>j.shrink
-    cdef floating root[SQRT_BLOCK]
-    cdef Py_ssize_t lo = 0, hi = 0, b0, bn, i
+    cdef Py_ssize_t lo = 0, hi = 0
     while _take(items, &lo, &hi):
-        b0 = lo
-        while b0 < hi:
-            bn = min(<Py_ssize_t>SQRT_BLOCK, hi - b0)
-            _adam_moments(dw + b0, m + b0, v + b0, root, bn, b1, k1, b2, k2)
-            for i in range(bn):
-                next_w[b0 + i] = (m[b0 + i] / (root[i] + eps)) * neg_step + w[b0 + i] * shrink
-            b0 += bn
+        _adam_span(w + lo, dw + lo, m + lo, v + lo, next_w + lo, hi - lo,
+                   b1, k1, b2, k2, neg_step, eps, shrink)
 
 
 cdef class _AdamWWork(_Work):
