@@ -93,7 +93,51 @@ cdef extern from *:
         }
         return ow;
     }
+    /* The backward of one such row, when the windows tile the plane: every
+       pixel of rows d0 and d1 is written, the window's gradient at its
+       argmax k (0-3) and 0 elsewhere (a k outside 0-3, such as the -1 of a
+       ReLU cut, gives four zeros): selects instead of zeroing the rows and
+       storing at the argmax. Returns the windows done. */
+    static Py_ssize_t xdl_unpool2x2_row_d(const double *dout, const int *am, double *d0,
+                                          double *d1, Py_ssize_t OW) {
+        Py_ssize_t ow = 0;
+        for (; ow + 2 <= OW; ow += 2) {
+            __m128d g = _mm_loadu_pd(dout + ow);
+            __m128i k = _mm_loadl_epi64((const __m128i *)(am + ow));
+            k = _mm_unpacklo_epi32(k, k);          /* each index twice: 64-bit lanes */
+            __m128d e0 = _mm_and_pd(_mm_castsi128_pd(_mm_cmpeq_epi32(k, _mm_set1_epi32(0))), g);
+            __m128d e1 = _mm_and_pd(_mm_castsi128_pd(_mm_cmpeq_epi32(k, _mm_set1_epi32(1))), g);
+            __m128d e2 = _mm_and_pd(_mm_castsi128_pd(_mm_cmpeq_epi32(k, _mm_set1_epi32(2))), g);
+            __m128d e3 = _mm_and_pd(_mm_castsi128_pd(_mm_cmpeq_epi32(k, _mm_set1_epi32(3))), g);
+            _mm_storeu_pd(d0 + 2 * ow, _mm_unpacklo_pd(e0, e1));
+            _mm_storeu_pd(d0 + 2 * ow + 2, _mm_unpackhi_pd(e0, e1));
+            _mm_storeu_pd(d1 + 2 * ow, _mm_unpacklo_pd(e2, e3));
+            _mm_storeu_pd(d1 + 2 * ow + 2, _mm_unpackhi_pd(e2, e3));
+        }
+        return ow;
+    }
+    static Py_ssize_t xdl_unpool2x2_row_f(const float *dout, const int *am, float *d0,
+                                          float *d1, Py_ssize_t OW) {
+        Py_ssize_t ow = 0;
+        for (; ow + 4 <= OW; ow += 4) {
+            __m128 g = _mm_loadu_ps(dout + ow);
+            __m128i k = _mm_loadu_si128((const __m128i *)(am + ow));
+            __m128 e0 = _mm_and_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(k, _mm_set1_epi32(0))), g);
+            __m128 e1 = _mm_and_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(k, _mm_set1_epi32(1))), g);
+            __m128 e2 = _mm_and_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(k, _mm_set1_epi32(2))), g);
+            __m128 e3 = _mm_and_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(k, _mm_set1_epi32(3))), g);
+            _mm_storeu_ps(d0 + 2 * ow, _mm_unpacklo_ps(e0, e1));
+            _mm_storeu_ps(d0 + 2 * ow + 4, _mm_unpackhi_ps(e0, e1));
+            _mm_storeu_ps(d1 + 2 * ow, _mm_unpacklo_ps(e2, e3));
+            _mm_storeu_ps(d1 + 2 * ow + 4, _mm_unpackhi_ps(e2, e3));
+        }
+        return ow;
+    }
     #else
+    static Py_ssize_t xdl_unpool2x2_row_d(const double *dout, const int *am, double *d0,
+                                          double *d1, Py_ssize_t OW) { return 0; }
+    static Py_ssize_t xdl_unpool2x2_row_f(const float *dout, const int *am, float *d0,
+                                          float *d1, Py_ssize_t OW) { return 0; }
     static Py_ssize_t xdl_pool2x2_row_d(const double *r0, const double *r1, double *out,
                                         int *am, Py_ssize_t OW) { return 0; }
     static Py_ssize_t xdl_pool2x2_row_f(const float *r0, const float *r1, float *out,
@@ -104,6 +148,10 @@ cdef extern from *:
                                  Py_ssize_t OW) noexcept nogil
     Py_ssize_t xdl_pool2x2_row_f(const float* r0, const float* r1, float* out, int* am,
                                  Py_ssize_t OW) noexcept nogil
+    Py_ssize_t xdl_unpool2x2_row_d(const double* dout, const int* am, double* d0, double* d1,
+                                   Py_ssize_t OW) noexcept nogil
+    Py_ssize_t xdl_unpool2x2_row_f(const float* dout, const int* am, float* d0, float* d1,
+                                   Py_ssize_t OW) noexcept nogil
 
 
 cdef inline bint _wins(floating v, floating best) noexcept nogil:
@@ -168,7 +216,7 @@ cdef void _pool_backward_plane(const floating* dout, const int* am, floating* dx
                                PoolShape s) noexcept nogil:
     # An argmax entry that is not a window index contributes nothing (as on
     # every backend): nothing is ever written outside the plane.
-    cdef Py_ssize_t oh, ow, j, o
+    cdef Py_ssize_t oh, ow, j, o, done
     cdef int k
     cdef int W = s.W, pw = s.pw
     cdef unsigned int window = s.ph * pw
@@ -177,8 +225,13 @@ cdef void _pool_backward_plane(const floating* dout, const int* am, floating* dx
         # 2x2 windows that tile the plane, as below without dividing by pw.
         for oh in range(s.OH):
             r0 = dx + 2 * oh * W
-            memset(r0, 0, <size_t>(2 * W) * sizeof(floating))
-            for ow in range(s.OW):
+            if floating is float:
+                done = xdl_unpool2x2_row_f(dout + oh * s.OW, am + oh * s.OW, r0, r0 + W, s.OW)
+            else:
+                done = xdl_unpool2x2_row_d(dout + oh * s.OW, am + oh * s.OW, r0, r0 + W, s.OW)
+            memset(r0 + 2 * done, 0, <size_t>(2 * (s.OW - done)) * sizeof(floating))
+            memset(r0 + W + 2 * done, 0, <size_t>(2 * (s.OW - done)) * sizeof(floating))
+            for ow in range(done, s.OW):
                 o = oh * s.OW + ow
                 k = am[o]
                 if <unsigned int>k < 4:

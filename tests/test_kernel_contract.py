@@ -376,6 +376,29 @@ def test_maxpool_ties_infinities_and_nan_follow_np_argmax(impl, dtype, ph, pw, s
         assert np.isnan(host(out)).any()
 
 
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_maxpool_backward_2x2_rows_every_width_and_cut_windows(impl, dtype):
+    # 2x2/2 windows tiling planes of every width the vectorized rows see
+    # (with tails), the argmax holding -1 (a window the ReLU cut) and an
+    # index past the window: both route nothing. Reference: the gradient
+    # scattered by hand.
+    rng = np.random.RandomState(8)
+    for W in (2, 4, 6, 8, 10, 14, 16):
+        OH, OW = 3, W // 2
+        dout = rng.randn(2, 3, OH, OW).astype(dtype)
+        argmax = rng.randint(0, 4, size=dout.shape).astype(np.int32)
+        argmax[rng.rand(*argmax.shape) < 0.2] = -1
+        argmax[rng.rand(*argmax.shape) < 0.05] = 7
+        expected = np.zeros((2, 3, 2 * OH, W), dtype=dtype)
+        for idx in np.ndindex(*dout.shape):
+            k = argmax[idx]
+            if 0 <= k < 4:
+                expected[idx[0], idx[1], 2 * idx[2] + k // 2, 2 * idx[3] + k % 2] = dout[idx]
+        dx = impl.ops.maxpool_backward(impl.put(dout), impl.put(argmax, np.int32),
+                                       expected.shape, 2, 2, 2, OH, OW)
+        np.testing.assert_array_equal(host(dx), expected)
+
+
 def test_maxpool_numerical_gradient_float64(impl):
     rng = np.random.RandomState(5)
     x = impl.put(rng.randn(2, 2, 6, 5))   # overlapping 3x2 windows, stride 1
