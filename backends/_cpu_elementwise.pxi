@@ -75,6 +75,41 @@ cdef extern from *:
         }
         return i;
     }
+    /* RMSprop in one pass, likewise (the operations of _rmsprop_run, in its order). */
+    static Py_ssize_t xdl_rmsprop_span_f(const float *w, const float *dw, float *cache,
+                                         float *next_w, Py_ssize_t n, float decay, float keep,
+                                         float neg_lr, float eps) {
+        Py_ssize_t i = 0;
+        __m128 D = _mm_set1_ps(decay), K = _mm_set1_ps(keep), L = _mm_set1_ps(neg_lr);
+        __m128 E = _mm_set1_ps(eps);
+        for (; i + 4 <= n; i += 4) {
+            __m128 g = _mm_loadu_ps(dw + i);
+            __m128 ci = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(cache + i), D),
+                                   _mm_mul_ps(_mm_mul_ps(g, g), K));
+            _mm_storeu_ps(cache + i, ci);
+            _mm_storeu_ps(next_w + i, _mm_add_ps(
+                _mm_mul_ps(_mm_div_ps(g, _mm_add_ps(_mm_sqrt_ps(ci), E)), L),
+                _mm_loadu_ps(w + i)));
+        }
+        return i;
+    }
+    static Py_ssize_t xdl_rmsprop_span_d(const double *w, const double *dw, double *cache,
+                                         double *next_w, Py_ssize_t n, double decay,
+                                         double keep, double neg_lr, double eps) {
+        Py_ssize_t i = 0;
+        __m128d D = _mm_set1_pd(decay), K = _mm_set1_pd(keep), L = _mm_set1_pd(neg_lr);
+        __m128d E = _mm_set1_pd(eps);
+        for (; i + 2 <= n; i += 2) {
+            __m128d g = _mm_loadu_pd(dw + i);
+            __m128d ci = _mm_add_pd(_mm_mul_pd(_mm_loadu_pd(cache + i), D),
+                                    _mm_mul_pd(_mm_mul_pd(g, g), K));
+            _mm_storeu_pd(cache + i, ci);
+            _mm_storeu_pd(next_w + i, _mm_add_pd(
+                _mm_mul_pd(_mm_div_pd(g, _mm_add_pd(_mm_sqrt_pd(ci), E)), L),
+                _mm_loadu_pd(w + i)));
+        }
+        return i;
+    }
     #elif defined(__aarch64__) && defined(__ARM_NEON)
     #include <arm_neon.h>
     static void xdl_sqrt_block_f(float *x, Py_ssize_t n) {
@@ -94,6 +129,12 @@ cdef extern from *:
                                       double *next_w, Py_ssize_t n, double b1, double k1,
                                       double b2, double k2, double neg_step, double eps,
                                       double shrink) { return 0; }
+    static Py_ssize_t xdl_rmsprop_span_f(const float *w, const float *dw, float *cache,
+                                         float *next_w, Py_ssize_t n, float decay, float keep,
+                                         float neg_lr, float eps) { return 0; }
+    static Py_ssize_t xdl_rmsprop_span_d(const double *w, const double *dw, double *cache,
+                                         double *next_w, Py_ssize_t n, double decay,
+                                         double keep, double neg_lr, double eps) { return 0; }
     #else
     static void xdl_sqrt_block_f(float *x, Py_ssize_t n) {
         Py_ssize_t i;
@@ -110,9 +151,21 @@ cdef extern from *:
                                       double *next_w, Py_ssize_t n, double b1, double k1,
                                       double b2, double k2, double neg_step, double eps,
                                       double shrink) { return 0; }
+    static Py_ssize_t xdl_rmsprop_span_f(const float *w, const float *dw, float *cache,
+                                         float *next_w, Py_ssize_t n, float decay, float keep,
+                                         float neg_lr, float eps) { return 0; }
+    static Py_ssize_t xdl_rmsprop_span_d(const double *w, const double *dw, double *cache,
+                                         double *next_w, Py_ssize_t n, double decay,
+                                         double keep, double neg_lr, double eps) { return 0; }
     #endif
     """
     void xdl_sqrt_block_f(float* x, Py_ssize_t n) noexcept nogil
+    Py_ssize_t xdl_rmsprop_span_f(const float* w, const float* dw, float* cache, float* next_w,
+                                  Py_ssize_t n, float decay, float keep, float neg_lr,
+                                  float eps) noexcept nogil
+    Py_ssize_t xdl_rmsprop_span_d(const double* w, const double* dw, double* cache,
+                                  double* next_w, Py_ssize_t n, double decay, double keep,
+                                  double neg_lr, double eps) noexcept nogil
     Py_ssize_t xdl_adam_span_f(const float* w, const float* dw, float* m, float* v,
                                float* next_w, Py_ssize_t n, float b1, float k1, float b2,
                                float k2, float neg_step, float eps, float shrink) noexcept nogil
@@ -282,7 +335,13 @@ cdef void _rmsprop_run(Items* items, const RmspropJob* j, floating* next_w) noex
     cdef floating root[SQRT_BLOCK]
     cdef Py_ssize_t lo = 0, hi = 0, b0, bn, i
     while _take(items, &lo, &hi):
-        b0 = lo
+        # SSE2 in one pass but for a short tail; other machines: the blocks.
+        if floating is float:
+            b0 = lo + xdl_rmsprop_span_f(w + lo, dw + lo, cache + lo, next_w + lo, hi - lo,
+                                         decay, keep, neg_lr, eps)
+        else:
+            b0 = lo + xdl_rmsprop_span_d(w + lo, dw + lo, cache + lo, next_w + lo, hi - lo,
+                                         decay, keep, neg_lr, eps)
         while b0 < hi:
             bn = min(<Py_ssize_t>SQRT_BLOCK, hi - b0)
             for i in range(bn):
