@@ -147,7 +147,7 @@ def conv_relu_pool_forward(x, w, b, int stride, int pad, int OH, int OW,
                                            ph, pw, pool_stride, POH, POW)
     x, w, b = np.ascontiguousarray(x), np.ascontiguousarray(w), np.ascontiguousarray(b)
     cdef ConvShape s = _conv_shape(x.shape, w.shape[0], w.shape[2], w.shape[3],
-                                   stride, pad, OH, OW)
+                                   stride, pad, OH, OW, np.dtype(dtype).itemsize)
     if s.K == 0 or s.N == 0 or s.F == 0:
         out, argmax = maxpool_forward(conv_forward(x, w, b, stride, pad, OH, OW),
                                       ph, pw, pool_stride, POH, POW)
@@ -186,7 +186,7 @@ def conv_relu_pool_backward(dout, argmax, x, w, int stride, int pad, int OH, int
     x, dout, w = np.ascontiguousarray(x), np.ascontiguousarray(dout), np.ascontiguousarray(w)
     argmax = np.ascontiguousarray(argmax, dtype=np.int32)
     cdef ConvShape s = _conv_shape(x.shape, w.shape[0], w.shape[2], w.shape[3],
-                                   stride, pad, OH, OW)
+                                   stride, pad, OH, OW, np.dtype(dtype).itemsize)
     if s.N == 0 or s.F == 0 or s.K == 0 or s.P == 0:
         dconv = maxpool_backward(dout, argmax, (s.N, s.F, OH, OW), ph, pw, pool_stride, POH, POW)
         return conv_backward(dconv, x, w, stride, pad, OH, OW, compute_dx=compute_dx)

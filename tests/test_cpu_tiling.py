@@ -51,3 +51,49 @@ def test_filter_gradient_tiles_fit_and_come_in_rows_of_8():
         assert wk * wf * wp <= limit
         assert 1 <= wk <= K and 1 <= wf <= F and 1 <= wp <= P
         assert wk == K or wk <= 8 or wk % 8 == 0
+
+
+def test_band_rows_keep_an_images_columns_within_the_budget():
+    kern = compiled()
+    budget = kern.CONV_BAND_BYTES
+    assert kern._band_rows(147, 32, 32, 4) == 32    # the CNN's float32 columns: one band
+    assert kern._band_rows(147, 32, 32, 8) < 32     # float64: more than one
+    assert kern._band_rows(147, 32, 32, 0) == 32    # no itemsize: one band
+    for K, OH, OW, size in [(147, 32, 32, 8), (27, 31, 31, 4), (4000, 8, 300, 8), (9, 1, 5, 4)]:
+        bh = kern._band_rows(K, OH, OW, size)
+        assert 1 <= bh <= OH
+        assert bh == 1 or K * bh * OW * size <= budget
+
+
+@pytest.mark.parametrize("stride,pad", [(1, 1), (2, 2)])
+def test_convolution_in_bands_of_rows_matches_the_formulas(monkeypatch, dtype, stride, pad):
+    # Bands of 1, 2 or 3 output rows (a short last band included) for every
+    # convolution kernel, fused or not, dx included: the formulas' results.
+    kern = compiled()
+    rng = np.random.RandomState(5)
+    x, w, b = rng.randn(3, 2, 11, 9), rng.randn(4, 2, 3, 3), rng.randn(4)
+    x, w, b = (a.astype(dtype) for a in (x, w, b))
+    OH, OW = (11 + 2 * pad - 3) // stride + 1, (9 + 2 * pad - 3) // stride + 1
+    dout = rng.randn(3, 4, OH, OW).astype(dtype)
+    POH, POW = OH // 2, OW // 2
+    ref = cpu.numpy_kernels
+    fwd = ref.conv_forward(x, w, b, stride, pad, OH, OW)
+    bwd = ref.conv_backward(dout, x, w, stride, pad, OH, OW)
+    pooled, argmax = ref.conv_relu_pool_forward(x, w, b, stride, pad, OH, OW, 2, 2, 2, POH, POW)
+    dpooled = rng.randn(*pooled.shape).astype(dtype)
+    pool_bwd = ref.conv_relu_pool_backward(dpooled, argmax, x, w, stride, pad, OH, OW, 2, 2, 2,
+                                           POH, POW)
+    for rows in (1, 2, 3):
+        monkeypatch.setattr(kern, "CONV_BAND_BYTES", rows * 18 * OW * np.dtype(dtype).itemsize)
+        assert kern._band_rows(18, OH, OW, np.dtype(dtype).itemsize) == rows
+        assert_close(kern.conv_forward(x, w, b, stride, pad, OH, OW), fwd, dtype)
+        for got, want in zip(kern.conv_backward(dout, x, w, stride, pad, OH, OW), bwd):
+            assert_close(got, want, dtype)
+        got_pooled, got_argmax = kern.conv_relu_pool_forward(x, w, b, stride, pad, OH, OW,
+                                                             2, 2, 2, POH, POW)
+        assert_close(got_pooled, pooled, dtype)
+        np.testing.assert_array_equal(got_argmax, argmax)
+        got = kern.conv_relu_pool_backward(dpooled, argmax, x, w, stride, pad, OH, OW, 2, 2, 2,
+                                           POH, POW)
+        for g, want in zip(got, pool_bwd):
+            assert_close(g, want, dtype)
