@@ -18,6 +18,9 @@ rounding (xdl/DESIGN.md, "One device interface"):
   layers (see ``affine_backward``), two ``matmul`` calls otherwise.
 - softmax_loss: the NumPy formula.
 
+The compiled kernels' large outputs come from reused memory (no page
+faults each step); ``free_pooled_memory()`` frees what is kept.
+
 The extension calls BLAS through ``scipy.linalg.cython_blas``; a missing
 scipy at run time also selects the fallback.
 """
@@ -41,6 +44,19 @@ else:
     _import_error = None
 
 _warned = False
+
+
+def free_pooled_memory():
+    """
+    Free the memory the compiled kernels keep for reuse: large outputs
+    (1 MiB and more) that are no longer used, at most 256 MiB of them
+    (``_cpu_memory.pxi``). Arrays in use keep theirs. Returns the bytes freed.
+    """
+    if compiled is None:
+        return 0
+    idle = compiled.pooled_idle_bytes()
+    compiled.free_pooled()
+    return idle
 
 
 def kernels():

@@ -547,8 +547,8 @@ def test_a_view_keeps_its_block_in_use(pool):
     assert pool.pooled_idle_bytes() == 2 << 20
     del b
     assert pool.pooled_idle_bytes() == 4 << 20
-    pool.free_pooled()
-    assert pool.pooled_idle_bytes() == 0
+    assert cpu.free_pooled_memory() == 4 << 20
+    assert pool.pooled_idle_bytes() == 0 and cpu.free_pooled_memory() == 0
 
 
 def test_idle_memory_is_capped_oldest_freed_first(pool):
