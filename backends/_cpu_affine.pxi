@@ -39,6 +39,7 @@ cdef struct AffineBackwardJob:
     const void* dout
     void* dx
     void* dw
+    double* sumsq_parts     # NULL, or one sum of squares of w per block
 
 
 cdef void _affine_backward_block(const AffineBackwardJob* j, Py_ssize_t blk,
@@ -55,6 +56,10 @@ cdef void _affine_backward_block(const AffineBackwardJob* j, Py_ssize_t blk,
     if j.want_dx:
         _gemm(c'T', c'N', dn, j.N, j.M, <floating>1, w + d0 * j.M, j.M, dout, j.M,
               <floating>0, dx + d0, j.D)
+    if j.sumsq_parts != NULL:
+        # The block of w is in cache (the dx product read it): its share of
+        # sum(w**2), for the L2 loss, costs no pass of its own.
+        j.sumsq_parts[blk] = _sumsq_span(w + d0 * j.M, <Py_ssize_t>dn * j.M)
     if j.reg != 0:
         # The block of w is still in cache: dw starts as w, and the product
         # adds to reg times it.
@@ -84,7 +89,7 @@ cdef class _AffineBackwardWork(_Work):
                 _affine_backward_run(&self.items, &self.job, <float*>self.job.dx)
 
 
-def affine_backward(x, w, dout, reg=0.0, compute_dx=True):
+def affine_backward(x, w, dout, reg=0.0, compute_dx=True, w_sumsq=False):
     """
     The affine layer's matrix products backward, over blocks of rows of w
     on the team: each block's part of dx and its rows of dw (with reg * w)
@@ -97,10 +102,13 @@ def affine_backward(x, w, dout, reg=0.0, compute_dx=True):
       one float dtype, copied when not C-contiguous
     - reg: L2 strength; dw includes reg * w
     - compute_dx: False skips dx
+    - w_sumsq: True also returns sum(w**2), each block's share summed in
+      float64 while the block is in cache, the shares added in block order
 
     Returns a tuple of:
     - dx: (N, D) dout @ w.T, or None without compute_dx
     - dw: (D, M) x.T @ dout + reg * w
+    - with w_sumsq only: sum(w**2), a scalar of w's dtype
     """
     dtype = _check_arrays((("x", x), ("w", w), ("dout", dout)), (), same_shape=False)
     _boundary.check_affine_backward(x, w, dout, reg)
@@ -114,15 +122,11 @@ def affine_backward(x, w, dout, reg=0.0, compute_dx=True):
     dout = np.ascontiguousarray(dout)
     dx = pooled_empty((N, D), dtype) if compute_dx else None
     dw = pooled_empty((D, M), dtype)
-    if dw.size == 0:
+    if dw.size == 0 or N == 0:
         if dx is not None:
-            dx[...] = 0  # M == 0: an empty sum
-        return dx, dw
-    if N == 0:
-        if dx is not None:
-            dx[...] = 0
+            dx[...] = 0  # an empty sum
         np.multiply(w, reg, out=dw)
-        return dx, dw
+        return (dx, dw, sum_of_squares(w)) if w_sumsq else (dx, dw)
     cdef _AffineBackwardWork work = _AffineBackwardWork()
     cdef AffineBackwardJob* j = &work.job
     j.N, j.D, j.M = N, D, M
@@ -135,6 +139,10 @@ def affine_backward(x, w, dout, reg=0.0, compute_dx=True):
     j.dx = _address(dx, True) if j.want_dx else NULL
     j.dw = _address(dw, True)
     blocks = (D + rows - 1) // rows
+    parts = np.zeros(blocks, dtype=np.float64) if w_sumsq else None
+    j.sumsq_parts = <double*>_address(parts, True) if w_sumsq else NULL
     _start(work, blocks, _tile_grain(blocks, _cpu_team.threads_for(blocks)), dtype,
-           (x, w, dout, dx, dw))
+           (x, w, dout, dx, dw, parts))
+    if w_sumsq:
+        return dx, dw, dtype.type(parts.sum())
     return dx, dw

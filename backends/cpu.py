@@ -180,12 +180,13 @@ def matmul(a, b, c=None, beta=0.0):
     return numpy_kernels.matmul(a, b, c, beta)
 
 
-def affine_backward(x, w, dout, reg=0.0, compute_dx=True):
+def affine_backward(x, w, dout, reg=0.0, compute_dx=True, w_sumsq=False):
     """
     numpy_kernels.affine_backward for numpy arrays. Large float32/float64
-    layers run ``_cpu_kernels.affine_backward``: dx and dw block by block
-    over the rows of w, which is then read from memory once (the CNN's
-    8192 x 500 w is 16 MB); the rest take two products (``matmul``).
+    layers run ``_cpu_kernels.affine_backward``: dx and dw (and w_sumsq's
+    sum of squares) block by block over the rows of w, which is then read
+    from memory once (the CNN's 8192 x 500 w is 16 MB); the rest take two
+    products (``matmul``) and ``sum_of_squares``.
     """
     if (compiled is not None and type(x) is np.ndarray and type(w) is np.ndarray
             and type(dout) is np.ndarray and x.ndim == 2 and w.ndim == 2 and dout.ndim == 2
@@ -193,9 +194,10 @@ def affine_backward(x, w, dout, reg=0.0, compute_dx=True):
             and x.shape[1] == w.shape[0] and dout.shape == (x.shape[0], w.shape[1])
             and x.shape[0] * x.shape[1] * w.shape[1] >= compiled.MATMUL_MIN_WORK
             and compiled._affine_rows(x.shape[0], x.shape[1], w.shape[1]) > 0):
-        return compiled.affine_backward(x, w, dout, reg, compute_dx)
+        return compiled.affine_backward(x, w, dout, reg, compute_dx, w_sumsq)
     _boundary.check_affine_backward(x, w, dout, reg)
-    return numpy_kernels.affine_backward_by_products(matmul, x, w, dout, reg, compute_dx)
+    return numpy_kernels.affine_backward_by_products(matmul, sum_of_squares, x, w, dout, reg,
+                                                     compute_dx, w_sumsq)
 
 
 def softmax_loss(x, y):

@@ -398,13 +398,14 @@ def matmul(a, b, c=None, beta=0.0):
     return out
 
 
-def affine_backward(x, w, dout, reg=0.0, compute_dx=True):
+def affine_backward(x, w, dout, reg=0.0, compute_dx=True, w_sumsq=False):
     """
     numpy_kernels.affine_backward on cupy arrays: two cuBLAS products, and
-    reg * w added to dw in one pass (axpy).
+    reg * w added to dw in one pass (axpy); w_sumsq by sum_of_squares.
     """
     _boundary.check_affine_backward(x, w, dout, reg)
-    return numpy_kernels.affine_backward_by_products(matmul, x, w, dout, reg, compute_dx)
+    return numpy_kernels.affine_backward_by_products(matmul, sum_of_squares, x, w, dout, reg,
+                                                     compute_dx, w_sumsq)
 
 
 def softmax_loss(x, y):

@@ -346,7 +346,7 @@ def matmul(a, b, c=None, beta=0.0):
     return out
 
 
-def affine_backward(x, w, dout, reg=0.0, compute_dx=True):
+def affine_backward(x, w, dout, reg=0.0, compute_dx=True, w_sumsq=False):
     """
     The matrix products of the affine layer's backward pass.
 
@@ -355,24 +355,30 @@ def affine_backward(x, w, dout, reg=0.0, compute_dx=True):
     - reg: L2 strength: dw includes reg * w, the gradient of
       0.5 * reg * sum(w**2)
     - compute_dx: False skips dx
+    - w_sumsq: True also returns sum(w**2) (as sum_of_squares), for the L2
+      loss; the compiled CPU kernel takes it in the pass that reads w
 
     Returns a tuple of:
     - dx: (N, D) dout @ w.T, or None without compute_dx
     - dw: (D, M) x.T @ dout + reg * w
+    - with w_sumsq only: sum(w**2), a scalar of w's dtype (0-d on the GPU)
     """
     _boundary.check_affine_backward(x, w, dout, reg)
-    return affine_backward_by_products(matmul, x, w, dout, reg, compute_dx)
+    return affine_backward_by_products(matmul, sum_of_squares, x, w, dout, reg, compute_dx,
+                                       w_sumsq)
 
 
-def affine_backward_by_products(matmul, x, w, dout, reg, compute_dx):
+def affine_backward_by_products(matmul, sum_of_squares, x, w, dout, reg, compute_dx,
+                                w_sumsq=False):
     """
     affine_backward (arguments already checked) as two products of the
-    given device's matmul: dx = dout @ w.T, dw = x.T @ dout + reg * w. The
-    NumPy formula, the CUDA backend and the CPU's layers too wide for the
-    compiled sweep use it.
+    given device's matmul: dx = dout @ w.T, dw = x.T @ dout + reg * w, and
+    with w_sumsq the device's sum_of_squares(w). The NumPy formula, the
+    CUDA backend and the CPU's layers too wide for the compiled sweep use it.
     """
     dx = matmul(dout, w.T) if compute_dx else None
-    return dx, matmul(x.T, dout, w, reg)
+    dw = matmul(x.T, dout, w, reg)
+    return (dx, dw, sum_of_squares(w)) if w_sumsq else (dx, dw)
 
 
 def softmax_loss(x, y):

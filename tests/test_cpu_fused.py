@@ -408,6 +408,20 @@ def test_affine_backward_sweep_matches_two_products(dtype, shape):
     np.testing.assert_array_equal(dw_only, dw)
     _, dw0 = kern.affine_backward(x, w, dout, 0.0, False)
     assert_close(dw0, x64.T @ d64, dtype, atol=tol)
+    # sum(w**2) taken block by block in the sweep: the float64 sum, rounded
+    # once; the same bits on one or two threads
+    for reg in (0.0, 0.25):
+        results = []
+        for n in (1, 2):
+            kern.set_num_threads(n)
+            try:
+                results.append(kern.affine_backward(x, w, dout, reg, False, True))
+            finally:
+                kern.set_num_threads(threads)
+        (_, dw1, s1), (_, dw2, s2) = results
+        np.testing.assert_array_equal(dw1, dw2)
+        assert s1 == s2 and s1.dtype == dtype
+        assert s1 == dtype((w64 ** 2).sum()) or abs(s1 / (w64 ** 2).sum() - 1) < 1e-7
 
 
 def test_affine_backward_edge_cases():
@@ -416,9 +430,12 @@ def test_affine_backward_edge_cases():
     dx, dw = kern.affine_backward(np.ones((0, 3)), w, np.ones((0, 2)), 0.5, True)
     assert dx.shape == (0, 3)
     np.testing.assert_array_equal(dw, 0.5 * w)         # no samples: only the L2 term
+    assert kern.affine_backward(np.ones((0, 3)), w, np.ones((0, 2)), 0.5, True, True)[2] == 55.0
     dx, dw = kern.affine_backward(np.ones((4, 3)), np.ones((3, 0)), np.ones((4, 0)), 0.5, True)
     np.testing.assert_array_equal(dx, np.zeros((4, 3)))  # M == 0: an empty sum
     assert dw.shape == (3, 0)
+    assert kern.affine_backward(np.ones((4, 3)), np.ones((3, 0)), np.ones((4, 0)), 0.5, True,
+                                True)[2] == 0.0
     assert kern._affine_rows(200, 300, 400) == 0        # N * M too large for 8-row blocks
     with pytest.raises(ValueError, match="too large for blocks of 8 rows"):
         kern.affine_backward(np.ones((200, 300)), np.ones((300, 400)), np.ones((200, 400)))

@@ -618,6 +618,14 @@ def test_affine_backward(impl, dtype, shape):
         none, dw_only = impl.ops.affine_backward(X, Wt, Dout, reg, False)
         assert none is None
         np.testing.assert_array_equal(host(dw_only), host(dw))
+        # w_sumsq: the same dx and dw, and sum(w**2) of w as given (rounded)
+        dx_s, dw_s, sumsq = impl.ops.affine_backward(X, Wt, Dout, reg, True, True)
+        np.testing.assert_array_equal(host(dx_s), host(dx))
+        np.testing.assert_array_equal(host(dw_s), host(dw))
+        w_given = w.astype(dtype).astype(np.float64)
+        assert host(sumsq).dtype == dtype and host(sumsq).shape == ()
+        np.testing.assert_allclose(float(host(sumsq)), float((w_given ** 2).sum()),
+                                   rtol=1e-6 if dtype == np.float32 else 1e-13)
     # strided and transposed inputs give the same values
     Xt = impl.put(np.asfortranarray(x), dtype)
     Wt2 = impl.put(np.repeat(w, 2, axis=1), dtype)[:, ::2]

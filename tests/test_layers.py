@@ -85,6 +85,15 @@ def test_affine_backward_folds_the_l2_gradient(xp, shape):
     np.testing.assert_array_equal(host(dw_skip), host(dw_r))
     with pytest.raises(ValueError, match="reg must be a finite number >= 0, got -1"):
         affine_backward(to(xp, dout), cache, reg=-1)
+    # w_squares: sum(w**2) appended, the gradients unchanged
+    squares = [1.5]
+    got = affine_backward(to(xp, dout), cache, reg=0.7, w_squares=squares)
+    for g, r in zip(got, (dx_r, dw_r, db_r)):
+        np.testing.assert_array_equal(host(g), host(r))
+    assert len(squares) == 2 and squares[0] == 1.5
+    assert abs(float(host(squares[1])) / float(np.sum(w * w)) - 1) < 1e-13
+    with pytest.raises(TypeError, match="w_squares must be a list.*got tuple"):
+        affine_backward(to(xp, dout), cache, reg=0.7, w_squares=())
 
 
 def test_affine_keeps_float32(xp):

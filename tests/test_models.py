@@ -207,6 +207,33 @@ def test_cnn_initial_loss_near_log10(backend):
     assert float(loss_reg) > float(loss) + 0.1
 
 
+@pytest.mark.parametrize("make", [
+    lambda: ThreeLayerConvNet(input_dim=(3, 16, 16), hidden_dim=100, weight_scale=0.05,
+                              dtype=np.float64),
+    lambda: FullyConnectedNet([300, 200], input_dim=600, weight_scale=0.05, dtype=np.float64),
+    lambda: TwoLayerNet(input_dim=600, hidden_dim=400, weight_scale=0.05),
+], ids=["cnn", "fc-net", "two-layer-net"])
+def test_l2_loss_is_half_reg_times_the_sum_of_squares(backend, make):
+    # The affine layers take sum(w**2) in their backward pass (w_squares);
+    # the layers here are large enough for the CPU's compiled sweep. The L2
+    # part of the loss must be 0.5 * reg * sum over every weight matrix.
+    np.random.seed(3)
+    model = make()
+    shape = (20,) + tuple(model.input_dim) if isinstance(model, ThreeLayerConvNet) else (20, 600)
+    X, y = np.random.randn(*shape), np.random.randint(10, size=20)
+    loss0, grads0 = model.loss(X, y)
+    model.reg = 0.3
+    loss, grads = model.loss(X, y)
+    weights = [k for k in model.params if k.startswith("W")]
+    expected = 0.5 * 0.3 * sum(float((host(model.params[k]).astype(np.float64) ** 2).sum())
+                               for k in weights)
+    single = host(model.params["W1"]).dtype == np.float32
+    assert abs((float(loss) - float(loss0)) / expected - 1) < (1e-6 if single else 1e-10)
+    for k in weights:
+        np.testing.assert_allclose(host(grads[k]), host(grads0[k]) + 0.3 * host(model.params[k]),
+                                   rtol=1e-5 if single else 1e-9, atol=1e-6 if single else 1e-12)
+
+
 @pytest.mark.parametrize("normalization", [None, "batchnorm"])
 def test_cnn_gradient_check(backend, normalization):
     np.random.seed(231)

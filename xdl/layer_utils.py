@@ -51,20 +51,21 @@ def affine_relu_forward(x, w, b):
     return out, (fc_cache, relu_cache)
 
 
-def affine_relu_backward(dout, cache, reg=0.0, compute_dx=True):
+def affine_relu_backward(dout, cache, reg=0.0, compute_dx=True, w_squares=None):
     """
     Backward pass for the affine-relu convenience layer.
 
     Inputs:
     - dout, cache: upstream derivative and affine_relu_forward's cache
-    - reg, compute_dx: as for affine_backward (dw += reg * w inside the
-      product; dx None when compute_dx is False)
+    - reg, compute_dx, w_squares: as for affine_backward (dw += reg * w
+      inside the product; dx None when compute_dx is False; sum(w**2)
+      appended to the list w_squares)
 
     Returns a tuple of (dx, dw, db).
     """
     fc_cache, relu_cache = cache
     da = relu_backward(dout, relu_cache)
-    return affine_backward(da, fc_cache, reg, compute_dx)
+    return affine_backward(da, fc_cache, reg, compute_dx, w_squares)
 
 
 _NORMS = {
@@ -99,10 +100,10 @@ def affine_norm_relu_forward(x, w, b, gamma, beta, norm_param, normalization,
     return out, (fc_cache, normalization, norm_cache, relu_cache, drop_cache)
 
 
-def affine_norm_relu_backward(dout, cache, reg=0.0, compute_dx=True):
+def affine_norm_relu_backward(dout, cache, reg=0.0, compute_dx=True, w_squares=None):
     """
-    Backward pass for affine_norm_relu_forward; reg and compute_dx as for
-    affine_backward.
+    Backward pass for affine_norm_relu_forward; reg, compute_dx and
+    w_squares as for affine_backward.
 
     Returns a tuple of (dx, dw, db, dgamma, dbeta); dgamma and dbeta are None
     without normalization.
@@ -114,7 +115,7 @@ def affine_norm_relu_backward(dout, cache, reg=0.0, compute_dx=True):
     dgamma = dbeta = None
     if normalization is not None:
         dout, dgamma, dbeta = _NORMS[normalization][1](dout, norm_cache)
-    dx, dw, db = affine_backward(dout, fc_cache, reg, compute_dx)
+    dx, dw, db = affine_backward(dout, fc_cache, reg, compute_dx, w_squares)
     return dx, dw, db, dgamma, dbeta
 
 

@@ -63,7 +63,7 @@ def affine_forward(x, w, b):
     return out, (x, w, b)
 
 
-def affine_backward(dout, cache, reg=0.0, compute_dx=True):
+def affine_backward(dout, cache, reg=0.0, compute_dx=True, w_squares=None):
     """
     Computes the backward pass for an affine layer.
 
@@ -78,6 +78,8 @@ def affine_backward(dout, cache, reg=0.0, compute_dx=True):
       over dw; the models regularize their large weights this way)
     - compute_dx: False skips dx (returned as None), for a network's first
       layer, whose input needs no gradient
+    - w_squares: optional list; sum(w**2) is appended to it, taken in the
+      same pass over w as dw (the models' L2 loss needs no pass of its own)
 
     Returns a tuple of:
     - dx: Gradient with respect to x, of shape (N, d1, ..., d_k)
@@ -90,7 +92,13 @@ def affine_backward(dout, cache, reg=0.0, compute_dx=True):
         raise ValueError("dout must have shape %s, got %s" % ((N, w.shape[1]), dout.shape))
     reg = check_reg(reg)
     x2 = x.reshape(N, -1)
-    dx, dw = kernels_for(x2, w, dout).affine_backward(x2, w, dout, reg, compute_dx)
+    if w_squares is not None and not isinstance(w_squares, list):
+        raise TypeError("w_squares must be a list (sum(w**2) is appended to it) or None, got %s"
+                        % type(w_squares).__name__)
+    dx, dw, *sumsq = kernels_for(x2, w, dout).affine_backward(x2, w, dout, reg, compute_dx,
+                                                               w_squares is not None)
+    if w_squares is not None:
+        w_squares.append(sumsq[0])
     if dx is not None:
         dx = dx.reshape(x.shape)
     db = dout.sum(axis=0)

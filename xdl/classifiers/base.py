@@ -91,14 +91,27 @@ class Model:
         check_labels(y, num_samples, num_classes, "y")
         return asarray_like(y, self._first_param())
 
-    def _l2(self, names):
-        """0.5 * reg * sum of squares of the named weights (0 without reg)."""
+    def _l2(self, names, known=None):
+        """
+        0.5 * reg * sum of squares of the named weights (0 without reg).
+
+        Inputs:
+        - names: the regularized weights, in the order they are summed
+        - known: optional dict name -> sum of squares already taken (by the
+          affine layers' backward pass, w_squares); the others are computed
+        """
         if self.reg == 0:
             return 0.0
+        known = known or {}
         total = 0.0
         for name in names:
-            total = total + _sum_of_squares(self.params[name])
+            total = total + (known[name] if name in known else
+                             _sum_of_squares(self.params[name]))
         return 0.5 * self.reg * total
+
+    def _squares_list(self):
+        """A list for an affine layer's w_squares when there is an L2 term, else None."""
+        return [] if self.reg != 0 else None
 
     def _add_l2_grads(self, grads, names):
         """

@@ -139,14 +139,18 @@ class ThreeLayerConvNet(Model):
 
         y = self._labels(y, X.shape[0], self.num_classes)
         loss, dscores = _softmax_loss(scores, y)
-        loss = loss + self._l2(("W1", "W2", "W3"))
 
         grads = {}
-        # reg * W3 and reg * W2 are added inside the dw products (the
-        # 8192 x hidden W2 would otherwise take a pass of its own).
-        dhidden, grads["W3"], grads["b3"] = affine_backward(dscores, scores_cache, self.reg)
+        # reg * W3 and reg * W2 are added inside the dw products, and their
+        # sums of squares for the L2 loss taken in the same pass (the
+        # 8192 x hidden W2 would otherwise take passes of its own).
+        sq3, sq2 = self._squares_list(), self._squares_list()
+        dhidden, grads["W3"], grads["b3"] = affine_backward(dscores, scores_cache, self.reg,
+                                                            w_squares=sq3)
         dpooled, grads["W2"], grads["b2"], dgamma2, dbeta2 = \
-            affine_norm_relu_backward(dhidden, hidden_cache, self.reg)
+            affine_norm_relu_backward(dhidden, hidden_cache, self.reg, w_squares=sq2)
+        known = {"W3": sq3[0], "W2": sq2[0]} if self.reg != 0 else None
+        loss = loss + self._l2(("W1", "W2", "W3"), known)
         # The input needs no gradient: skip dx of the first convolution.
         if self.normalization:
             _, grads["W1"], grads["b1"], dgamma1, dbeta1 = \

@@ -82,13 +82,17 @@ class TwoLayerNet(Model):
             return scores
         y = self._labels(y, X.shape[0], self.num_classes)
         loss, dscores = _softmax_loss(scores, y)
-        loss = loss + self._l2(("W1", "W2"))
         grads = {}
-        # The L2 gradients reg * W are added inside the dw products; the
-        # input needs no gradient.
-        dhidden, grads["W2"], grads["b2"] = affine_backward(dscores, scores_cache, self.reg)
+        # The L2 gradients reg * W are added inside the dw products, and the
+        # sums of squares of the L2 loss taken in the same passes; the input
+        # needs no gradient.
+        sq2, sq1 = self._squares_list(), self._squares_list()
+        dhidden, grads["W2"], grads["b2"] = affine_backward(dscores, scores_cache, self.reg,
+                                                            w_squares=sq2)
         _, grads["W1"], grads["b1"] = affine_relu_backward(dhidden, hidden_cache, self.reg,
-                                                           compute_dx=False)
+                                                           compute_dx=False, w_squares=sq1)
+        known = {"W1": sq1[0], "W2": sq2[0]} if self.reg != 0 else None
+        loss = loss + self._l2(("W1", "W2"), known)
         return loss, grads
 
 
@@ -234,17 +238,20 @@ class FullyConnectedNet(Model):
         y = self._labels(y, X.shape[0], self.num_classes)
         loss, dout = _softmax_loss(scores, y)
         weights = ["W%d" % i for i in range(1, L + 1)]
-        loss = loss + self._l2(weights)
 
         grads = {}
-        # The L2 gradients reg * W are added inside the dw products; the
-        # input needs no gradient (compute_dx=False for the first layer).
-        dout, grads["W%d" % L], grads["b%d" % L] = affine_backward(dout, last_cache, self.reg,
-                                                                   compute_dx=L > 1)
+        # The L2 gradients reg * W are added inside the dw products, and the
+        # sums of squares of the L2 loss taken in the same passes; the input
+        # needs no gradient (compute_dx=False for the first layer).
+        squares = {name: self._squares_list() for name in weights}
+        dout, grads["W%d" % L], grads["b%d" % L] = affine_backward(
+            dout, last_cache, self.reg, compute_dx=L > 1, w_squares=squares["W%d" % L])
         for i in range(L - 1, 0, -1):
             dout, dw, db, dgamma, dbeta = affine_norm_relu_backward(
-                dout, caches[i - 1], self.reg, compute_dx=i > 1)
+                dout, caches[i - 1], self.reg, compute_dx=i > 1, w_squares=squares["W%d" % i])
             grads["W%d" % i], grads["b%d" % i] = dw, db
             if self.normalization is not None:
                 grads["gamma%d" % i], grads["beta%d" % i] = dgamma, dbeta
+        known = {name: sq[0] for name, sq in squares.items()} if self.reg != 0 else None
+        loss = loss + self._l2(weights, known)
         return loss, grads
