@@ -12,11 +12,14 @@ PARTIAL_ELEMENTS = 1 << 21
 
 # An image's columns are built and multiplied in bands of output rows of at
 # most this many bytes, so that they stay in the core's L2 (1 MiB here) next
-# to the GEMM's packed panels and the pre-pool map: the 7x7x3 columns of a
-# 32x32 image are 600 KB in float32 (one band) and 1.2 MB in float64 (two),
-# where the bands made the fused convolution's forward and backward about
-# 10% faster (measured here).
-CONV_BAND_BYTES = 640 << 10
+# to the GEMM's packed panels and the pre-pool map. The 7x7x3 columns of a
+# 32x32 image are 600 KB in float32 and 1.2 MB in float64; the fused
+# convolution's forward + backward over 50 images, by band height (rows of
+# 32 pixels), measured here in interleaved runs: float32 32 rows 7.11-7.81
+# ms, 16 rows 6.77-7.23, 11 rows 6.84-7.21, 8 rows 7.12-7.45; float64 32
+# rows 13.81-14.51, 16 rows 13.21-14.07, 11 rows 12.45-12.80, 8 rows
+# 12.52-13.41. This budget gives 16 rows in float32 and 11 in float64.
+CONV_BAND_BYTES = 416 << 10
 
 
 cdef struct ConvShape:
@@ -30,12 +33,14 @@ cdef struct ConvShape:
 def _band_rows(int K, int OH, int OW, int itemsize):
     """
     Output rows per band: an image's columns are built and multiplied a
-    band of rows at a time, at most CONV_BAND_BYTES of them (the whole
-    image when it fits; itemsize 0: always the whole image).
+    band of rows at a time, in as few bands of equal height as keep each
+    within CONV_BAND_BYTES (itemsize 0: always the whole image).
     """
-    if itemsize <= 0 or K <= 0 or OW <= 0:
+    if itemsize <= 0 or K <= 0 or OW <= 0 or OH <= 0:
         return max(1, OH)
-    return max(1, min(OH, CONV_BAND_BYTES // (<Py_ssize_t>K * OW * itemsize)))
+    most = max(1, min(OH, CONV_BAND_BYTES // (<Py_ssize_t>K * OW * itemsize)))
+    bands = (OH + most - 1) // most
+    return (OH + bands - 1) // bands
 
 
 cdef ConvShape _conv_shape(x_shape, int F, int KH, int KW, int stride, int pad, int OH, int OW,
