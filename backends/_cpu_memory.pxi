@@ -17,7 +17,6 @@
 # blocks are capped at POOL_IDLE_BYTES (oldest freed first); free_pooled()
 # frees them all.
 
-from cpython.buffer cimport PyBUF_WRITABLE
 from libc.stdlib cimport free, malloc
 
 # Outputs at least this large come from the pool (smaller ones: np.empty,
