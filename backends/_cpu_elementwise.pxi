@@ -122,19 +122,6 @@ cdef extern from *:
         for (; i + 2 <= n; i += 2) vst1q_f64(x + i, vsqrtq_f64(vld1q_f64(x + i)));
         for (; i < n; i++) x[i] = sqrt(x[i]);
     }
-    static Py_ssize_t xdl_adam_span_f(const float *w, const float *dw, float *m, float *v,
-                                      float *next_w, Py_ssize_t n, float b1, float k1, float b2,
-                                      float k2, float neg_step, float eps, float shrink) { return 0; }
-    static Py_ssize_t xdl_adam_span_d(const double *w, const double *dw, double *m, double *v,
-                                      double *next_w, Py_ssize_t n, double b1, double k1,
-                                      double b2, double k2, double neg_step, double eps,
-                                      double shrink) { return 0; }
-    static Py_ssize_t xdl_rmsprop_span_f(const float *w, const float *dw, float *cache,
-                                         float *next_w, Py_ssize_t n, float decay, float keep,
-                                         float neg_lr, float eps) { return 0; }
-    static Py_ssize_t xdl_rmsprop_span_d(const double *w, const double *dw, double *cache,
-                                         double *next_w, Py_ssize_t n, double decay,
-                                         double keep, double neg_lr, double eps) { return 0; }
     #else
     static void xdl_sqrt_block_f(float *x, Py_ssize_t n) {
         Py_ssize_t i;
@@ -144,6 +131,9 @@ cdef extern from *:
         Py_ssize_t i;
         for (i = 0; i < n; i++) x[i] = sqrt(x[i]);
     }
+    #endif
+    #if !(defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2))
+    /* Without SSE2 the update rules take their blocked loops for all elements. */
     static Py_ssize_t xdl_adam_span_f(const float *w, const float *dw, float *m, float *v,
                                       float *next_w, Py_ssize_t n, float b1, float k1, float b2,
                                       float k2, float neg_step, float eps, float shrink) { return 0; }

@@ -56,7 +56,6 @@ SIGNATURES = {
     "sgd_update": ("in", "in", "out", "T", "i64"),
     "sgd_momentum_update": ("in", "in", "inout", "out", "T", "T", "i64"),
     "rmsprop_update": ("in", "in", "inout", "out") + ("T",) * 4 + ("i64",),
-    "adam_update": ("in", "in", "inout", "inout", "out") + ("T",) * 6 + ("i64",),
     "adamw_update": ("in", "in", "inout", "inout", "out") + ("T",) * 7 + ("i64",),
     "axpy": ("in", "inout", "T", "i64"),
     "softmax_loss_rows": ("in", "in_i64", "out", "out", "i64", "i64"),
@@ -488,10 +487,7 @@ def adam(w, dw, m, v, beta1, beta2, step, eps_hat):
     dtype = _fused_dtype((("w", w), ("dw", dw)), (("m", m), ("v", v)))
     if dtype is None:
         return numpy_kernels.adam(w, dw, m, v, beta1, beta2, step, eps_hat)
-    next_w = _cupy().empty(w.shape, dtype=dtype)
-    _launch("adam_update", dtype, w.size, w, dw, m, v, next_w,
-            beta1, 1 - beta1, beta2, 1 - beta2, step, eps_hat, w.size)
-    return next_w, m, v
+    return adamw(w, dw, m, v, beta1, beta2, step, eps_hat, 1.0)  # shrink 1: Adam
 
 
 def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink):

@@ -212,27 +212,11 @@ __global__ void rmsprop_update(const T* __restrict__ w, const T* __restrict__ dw
     }
 }
 
-// m = beta1 * m + (1 - beta1) * dw; v = beta2 * v + (1 - beta2) * dw^2 (in
-// place); next_w = w - step * m / (sqrt(v) + eps_hat), with the bias
-// correction folded into step and eps_hat by the caller.
-template <typename T>
-__global__ void adam_update(const T* __restrict__ w, const T* __restrict__ dw,
-                            T* __restrict__ m, T* __restrict__ v, T* __restrict__ next_w,
-                            T beta1, T one_m_beta1, T beta2, T one_m_beta2,
-                            T step, T eps_hat, long long n)
-{
-    XDL_GRID_STRIDE_LOOP(i, n) {
-        const T g = dw[i];
-        const T mi = beta1 * m[i] + one_m_beta1 * g;
-        const T vi = beta2 * v[i] + one_m_beta2 * (g * g);
-        m[i] = mi;
-        v[i] = vi;
-        next_w[i] = w[i] - step * mi / (sqrt(vi) + eps_hat);
-    }
-}
-
-// AdamW: the moments of adam; next_w = shrink * w - step * m / (sqrt(v) + eps_hat),
-// with shrink = 1 - lr * weight_decay (the decoupled weight decay).
+// Adam and AdamW: m = beta1 * m + (1 - beta1) * dw; v = beta2 * v +
+// (1 - beta2) * dw^2 (in place); next_w = shrink * w - step * m / (sqrt(v) +
+// eps_hat), with the bias correction folded into step and eps_hat by the
+// caller and shrink = 1 - lr * weight_decay (AdamW's decoupled weight decay;
+// 1 for Adam, where shrink * w is w exactly).
 template <typename T>
 __global__ void adamw_update(const T* __restrict__ w, const T* __restrict__ dw,
                              T* __restrict__ m, T* __restrict__ v, T* __restrict__ next_w,

@@ -91,27 +91,31 @@ class Model:
         check_labels(y, num_samples, num_classes, "y")
         return asarray_like(y, self._first_param())
 
-    def _l2(self, names, known=None):
+    def _l2(self, names, squares=None):
         """
         0.5 * reg * sum of squares of the named weights (0 without reg).
 
         Inputs:
         - names: the regularized weights, in the order they are summed
-        - known: optional dict name -> sum of squares already taken (by the
-          affine layers' backward pass, w_squares); the others are computed
+        - squares: optional dict name -> the list an affine layer's backward
+          pass appended the weight's sum of squares to (w_squares, from
+          _squares_lists); the other weights' sums are computed here
         """
         if self.reg == 0:
             return 0.0
-        known = known or {}
+        squares = squares or {}
         total = 0.0
         for name in names:
-            total = total + (known[name] if name in known else
-                             _sum_of_squares(self.params[name]))
+            taken = squares.get(name)
+            total = total + (taken[0] if taken else _sum_of_squares(self.params[name]))
         return 0.5 * self.reg * total
 
-    def _squares_list(self):
-        """A list for an affine layer's w_squares when there is an L2 term, else None."""
-        return [] if self.reg != 0 else None
+    def _squares_lists(self, names):
+        """
+        dict name -> a list for the affine layers' w_squares (sums of squares
+        taken in their backward pass), or None for every name without reg.
+        """
+        return {name: [] if self.reg != 0 else None for name in names}
 
     def _add_l2_grads(self, grads, names):
         """

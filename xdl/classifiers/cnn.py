@@ -144,13 +144,12 @@ class ThreeLayerConvNet(Model):
         # reg * W3 and reg * W2 are added inside the dw products, and their
         # sums of squares for the L2 loss taken in the same pass (the
         # 8192 x hidden W2 would otherwise take passes of its own).
-        sq3, sq2 = self._squares_list(), self._squares_list()
+        squares = self._squares_lists(("W2", "W3"))
         dhidden, grads["W3"], grads["b3"] = affine_backward(dscores, scores_cache, self.reg,
-                                                            w_squares=sq3)
-        dpooled, grads["W2"], grads["b2"], dgamma2, dbeta2 = \
-            affine_norm_relu_backward(dhidden, hidden_cache, self.reg, w_squares=sq2)
-        known = {"W3": sq3[0], "W2": sq2[0]} if self.reg != 0 else None
-        loss = loss + self._l2(("W1", "W2", "W3"), known)
+                                                            w_squares=squares["W3"])
+        dpooled, grads["W2"], grads["b2"], dgamma2, dbeta2 = affine_norm_relu_backward(
+            dhidden, hidden_cache, self.reg, w_squares=squares["W2"])
+        loss = loss + self._l2(("W1", "W2", "W3"), squares)
         # The input needs no gradient: skip dx of the first convolution.
         if self.normalization:
             _, grads["W1"], grads["b1"], dgamma1, dbeta1 = \

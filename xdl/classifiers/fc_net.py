@@ -86,13 +86,12 @@ class TwoLayerNet(Model):
         # The L2 gradients reg * W are added inside the dw products, and the
         # sums of squares of the L2 loss taken in the same passes; the input
         # needs no gradient.
-        sq2, sq1 = self._squares_list(), self._squares_list()
+        squares = self._squares_lists(("W1", "W2"))
         dhidden, grads["W2"], grads["b2"] = affine_backward(dscores, scores_cache, self.reg,
-                                                            w_squares=sq2)
-        _, grads["W1"], grads["b1"] = affine_relu_backward(dhidden, hidden_cache, self.reg,
-                                                           compute_dx=False, w_squares=sq1)
-        known = {"W1": sq1[0], "W2": sq2[0]} if self.reg != 0 else None
-        loss = loss + self._l2(("W1", "W2"), known)
+                                                            w_squares=squares["W2"])
+        _, grads["W1"], grads["b1"] = affine_relu_backward(
+            dhidden, hidden_cache, self.reg, compute_dx=False, w_squares=squares["W1"])
+        loss = loss + self._l2(("W1", "W2"), squares)
         return loss, grads
 
 
@@ -243,7 +242,7 @@ class FullyConnectedNet(Model):
         # The L2 gradients reg * W are added inside the dw products, and the
         # sums of squares of the L2 loss taken in the same passes; the input
         # needs no gradient (compute_dx=False for the first layer).
-        squares = {name: self._squares_list() for name in weights}
+        squares = self._squares_lists(weights)
         dout, grads["W%d" % L], grads["b%d" % L] = affine_backward(
             dout, last_cache, self.reg, compute_dx=L > 1, w_squares=squares["W%d" % L])
         for i in range(L - 1, 0, -1):
@@ -252,6 +251,5 @@ class FullyConnectedNet(Model):
             grads["W%d" % i], grads["b%d" % i] = dw, db
             if self.normalization is not None:
                 grads["gamma%d" % i], grads["beta%d" % i] = dgamma, dbeta
-        known = {name: sq[0] for name, sq in squares.items()} if self.reg != 0 else None
-        loss = loss + self._l2(weights, known)
+        loss = loss + self._l2(weights, squares)
         return loss, grads
