@@ -11,6 +11,11 @@
 # call reaches GEMM_TILE_LIMIT (each call stays on its thread).
 AFFINE_MAX_ROWS = 64
 
+# Rows of w per block with the AVX2 + FMA kernels (float32, _cpu_gemm.pxi):
+# 3 panels of 16 rows for dx, 8 register tiles of 6 rows for dw; 32, 48 and
+# 64 timed alike here, 16 and 24 slower (the 8192x500 layer, one thread).
+SIMD_AFFINE_ROWS = 48
+
 
 def _affine_rows(int N, int D, int M):
     """
@@ -40,6 +45,8 @@ cdef struct AffineBackwardJob:
     void* dx
     void* dw
     double* sumsq_parts     # NULL, or one sum of squares of w per block
+    bint simd               # float32 with the AVX2 + FMA kernels
+    const float* dout_tail  # simd, M % 16 != 0: dout's last M % 16 columns, (N, 16) zero-padded
 
 
 cdef void _affine_backward_block(const AffineBackwardJob* j, Py_ssize_t blk,
@@ -69,9 +76,58 @@ cdef void _affine_backward_block(const AffineBackwardJob* j, Py_ssize_t blk,
           beta, dw + d0 * j.M, j.M)
 
 
+cdef int _simd_affine_backward_run(Items* items, const AffineBackwardJob* j) noexcept nogil:
+    # The blocks with the AVX2 + FMA kernels; while a block is computed, the
+    # next block has its rows of w and dw prefetched (w for the dx product,
+    # dw so its stores do not wait on memory). Returns
+    # -1 when scratch memory could not be had (nothing done: the caller
+    # falls back).
+    cdef float* packed_w = <float*>malloc(XDL_AFFINE_KC * 16 * sizeof(float))
+    cdef float* packed_x = <float*>malloc(XDL_AFFINE_KC * j.rows * sizeof(float))
+    cdef const float* w = <const float*>j.w
+    cdef float* dw = <float*>j.dw
+    cdef Py_ssize_t lo = 0, hi = 0, blk
+    cdef int d0, dn, d1, dn1
+    cdef long lines
+    cdef xdl_prefetch pf
+    if packed_w == NULL or packed_x == NULL:
+        free(packed_w)
+        free(packed_x)
+        return -1
+    while _take(items, &lo, &hi):
+        for blk in range(lo, hi):
+            d0 = blk * j.rows
+            dn = min(j.rows, j.D - d0)
+            # The next block: this run's, or after its last block the first
+            # block of the next item to be handed out, which this thread will
+            # likely take (else the other core finds it in the shared L3).
+            d1 = d0 + dn if blk + 1 < hi else xdl_load_relaxed(&items.next) * items.grain * j.rows
+            dn1 = max(0, min(j.rows, j.D - d1))
+            lines = (<long>dn1 * j.M * sizeof(float) + 63) // 64
+            pf.a = <const char*>(w + <Py_ssize_t>d1 * j.M)
+            pf.b = <const char*>(dw + <Py_ssize_t>d1 * j.M)
+            pf.na = lines
+            pf.nb = lines
+            pf.done = 0
+            if j.want_dx:
+                xdl_saffine_dx_block(j.N, j.D, j.M, w, <const float*>j.dout, <float*>j.dx,
+                                     d0, dn, packed_w, &pf, lines)
+            if j.sumsq_parts != NULL:
+                j.sumsq_parts[blk] = _sumsq_span(w + <Py_ssize_t>d0 * j.M, <Py_ssize_t>dn * j.M)
+            xdl_saffine_dw_block(j.N, j.D, j.M, <const float*>j.x, w, <const float*>j.dout,
+                                 j.dout_tail, dw, <float>j.reg, d0, dn, packed_x, &pf,
+                                 2 * lines)
+    free(packed_w)
+    free(packed_x)
+    return 0
+
+
 cdef void _affine_backward_run(Items* items, const AffineBackwardJob* j,
                                floating* dx) noexcept nogil:
     cdef Py_ssize_t lo = 0, hi = 0, blk
+    if floating is float:
+        if j.simd and _simd_affine_backward_run(items, j) == 0:
+            return
     while _take(items, &lo, &hi):
         for blk in range(lo, hi):
             _affine_backward_block(j, blk, <const floating*>j.x, <const floating*>j.w,
@@ -130,6 +186,14 @@ def affine_backward(x, w, dout, reg=0.0, compute_dx=True, w_sumsq=False):
     cdef _AffineBackwardWork work = _AffineBackwardWork()
     cdef AffineBackwardJob* j = &work.job
     j.N, j.D, j.M = N, D, M
+    j.simd = dtype == np.float32 and _simd_kernels
+    tail = None
+    if j.simd:
+        rows = min(D, SIMD_AFFINE_ROWS)
+        if M % 16:
+            tail = np.zeros((N, 16), np.float32)
+            tail[:, :M % 16] = dout[:, M - M % 16:]
+    j.dout_tail = <const float*>_address(tail, False)
     j.rows = rows
     j.want_dx = dx is not None and dx.size > 0
     j.reg = reg
@@ -142,7 +206,7 @@ def affine_backward(x, w, dout, reg=0.0, compute_dx=True, w_sumsq=False):
     parts = np.zeros(blocks, dtype=np.float64) if w_sumsq else None
     j.sumsq_parts = <double*>_address(parts, True) if w_sumsq else NULL
     _start(work, blocks, _tile_grain(blocks, _cpu_team.threads_for(blocks)), dtype,
-           (x, w, dout, dx, dw, parts))
+           (x, w, dout, dx, dw, parts, tail))
     if w_sumsq:
         return dx, dw, dtype.type(parts.sum())
     return dx, dw

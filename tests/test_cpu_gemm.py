@@ -1,0 +1,157 @@
+"""The float32 AVX2 + FMA kernels of the affine layer's backward pass
+(backends/_cpu_gemm.pxi), against float64 products and against the OpenBLAS
+path they replace (``set_simd_kernels(False)``).
+
+The shapes cover every edge of the kernels: rows of dout and of w that are
+not multiples of the 6-row register tile, widths that are not multiples of
+its 16 columns, dx's sum over more than 256 columns of dout (summed 256 at a
+time) and dw's over more than 256 rows (the same), blocks of w of 48 rows
+with a short last one.
+
+numpy-only, like test_cpu_fused.py: these kernels exist only for host arrays.
+"""
+import numpy as np
+import pytest
+
+from xdl.backends import cpu
+
+from helpers import assert_close
+
+pytestmark = pytest.mark.usefixtures("numpy_backend")
+
+
+def compiled():
+    """The Cython kernel module; a missing build is a test failure, not a skip."""
+    if cpu.compiled is None:
+        pytest.fail("the compiled CPU kernels are not built (%s); "
+                    "run `pip install -e . --no-deps`" % cpu._import_error)
+    return cpu.compiled
+
+
+@pytest.fixture
+def kern():
+    """The kernel module with the AVX2 + FMA kernels on; settings restored afterwards."""
+    kern = compiled()
+    if not kern.simd_kernels_available():
+        pytest.skip("this CPU has no AVX2 + FMA")
+    threads = kern.get_num_threads()
+    previous = kern.set_simd_kernels(True)
+    yield kern
+    kern.set_simd_kernels(previous)
+    kern.set_num_threads(threads)
+
+
+def test_simd_switch_reports_and_restores():
+    kern = compiled()
+    available = kern.simd_kernels_available()
+    assert isinstance(available, bool)
+    previous = kern.set_simd_kernels(False)
+    try:
+        assert kern.set_simd_kernels(False) is False
+        if available:
+            assert kern.set_simd_kernels(True) is False
+            assert kern.set_simd_kernels(False) is True
+        else:
+            with pytest.raises(ValueError, match="lacks AVX2 or FMA"):
+                kern.set_simd_kernels(True)
+    finally:
+        if previous or not available:
+            kern.set_simd_kernels(previous)
+
+
+SHAPES = [
+    (50, 8192, 500),    # the CNN's hidden layer: 171 blocks, 31 panels + 4 columns
+    (1, 1, 1),
+    (5, 47, 15),        # one short block; a tile of 5 rows; 15 columns (masked)
+    (6, 48, 16),        # exactly one tile, one block, one panel
+    (7, 49, 17),        # 7 rows: tiles of 3 and 4; a block of 1 row after 48
+    (13, 100, 257),     # dx sums 257 columns of dout: 256, then 1
+    (300, 97, 20),      # dw sums 300 rows: 256, then 44
+    (257, 50, 255),     # both (N * M just under the compiled path's limit)
+    (2, 200, 1),        # a single column
+]
+
+
+def _inputs(shape, seed=3):
+    N, D, M = shape
+    rng = np.random.RandomState(seed)
+    return tuple(rng.randn(*s).astype(np.float32) for s in ((N, D), (D, M), (N, M)))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["x".join(map(str, s)) for s in SHAPES])
+@pytest.mark.parametrize("reg", [0.0, 0.25])
+def test_simd_affine_backward_matches_the_products(kern, shape, reg):
+    x, w, dout = _inputs(shape)
+    x64, w64, d64 = (a.astype(np.float64) for a in (x, w, dout))
+    dx, dw, sumsq = kern.affine_backward(x, w, dout, reg, True, True)
+    assert dx.dtype == dw.dtype == np.float32 and sumsq.dtype == np.float32
+    # float32 sums of N or M terms: errors grow with the terms, about
+    # sqrt(terms) * 6e-8 relative to the scale of the result
+    assert_close(dx, d64 @ w64.T, np.float32, atol=1e-4 * max(1, np.sqrt(shape[2])))
+    assert_close(dw, x64.T @ d64 + reg * w64, np.float32, atol=1e-4 * max(1, np.sqrt(shape[0])))
+    assert abs(sumsq / (w64 ** 2).sum() - 1) < 1e-6
+    # the OpenBLAS path gives the same values to rounding
+    kern.set_simd_kernels(False)
+    bdx, bdw, bsumsq = kern.affine_backward(x, w, dout, reg, True, True)
+    kern.set_simd_kernels(True)
+    np.testing.assert_allclose(dx, bdx, rtol=1e-4, atol=1e-4 * np.abs(bdx).max())
+    np.testing.assert_allclose(dw, bdw, rtol=1e-4, atol=1e-4 * np.abs(bdw).max())
+    assert abs(sumsq / bsumsq - 1) < 1e-6
+    # without dx: the same dw, bit for bit
+    none, dw_only = kern.affine_backward(x, w, dout, reg, False)
+    assert none is None
+    np.testing.assert_array_equal(dw_only, dw)
+
+
+@pytest.mark.parametrize("shape", [(50, 8192, 500), (7, 49, 17), (257, 50, 255)],
+                         ids=["cnn-hidden", "edges", "long-sums"])
+def test_simd_affine_backward_is_deterministic_across_threads(kern, shape):
+    # Each element is summed by one thread in a fixed order, whatever the
+    # threads and the prefetching of the next block.
+    x, w, dout = _inputs(shape, seed=5)
+    kern.set_num_threads(1)
+    one = kern.affine_backward(x, w, dout, 0.1, True, True)
+    kern.set_num_threads(2)
+    two = kern.affine_backward(x, w, dout, 0.1, True, True)
+    again = kern.affine_backward(x, w, dout, 0.1, True, True)
+    for a, b, c in zip(one, two, again):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+def test_simd_affine_backward_writes_all_of_reused_memory(kern):
+    # dx and dw come from reused blocks left full of NaN: every element
+    # must be written (masked stores at the last panel's 4 columns included).
+    x, w, dout = _inputs((50, 8192, 500), seed=7)
+    first = kern.affine_backward(x, w, dout, 0.0, True)
+    expected = tuple(a.copy() for a in first)
+    for a in first:
+        a.fill(np.nan)
+    del first
+    again = kern.affine_backward(x, w, dout, 0.0, True)
+    for a, b in zip(again, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_simd_path_leaves_float64_and_the_layer_results_alone(kern):
+    # float64 keeps OpenBLAS (the kernels are float32); the layer's
+    # gradients agree with both paths to rounding.
+    from xdl.layers import affine_backward, affine_forward
+    rng = np.random.RandomState(11)
+    x = rng.randn(50, 8, 32, 32)
+    w = rng.randn(8192, 500) * 1e-2
+    b = rng.randn(500)
+    dout = rng.randn(50, 500)
+    for dtype in (np.float64, np.float32):
+        args = [a.astype(dtype) for a in (x, w, b)]
+        _, cache = affine_forward(*args)
+        simd = affine_backward(dout.astype(dtype), cache)
+        kern.set_simd_kernels(False)
+        blas = affine_backward(dout.astype(dtype), cache)
+        kern.set_simd_kernels(True)
+        for s, o in zip(simd, blas):
+            assert s.dtype == dtype and s.shape == o.shape
+            if dtype == np.float64:
+                np.testing.assert_array_equal(s, o)
+            else:
+                np.testing.assert_allclose(s, o, rtol=1e-4, atol=1e-4 * np.abs(o).max())
