@@ -12,8 +12,10 @@
 AFFINE_MAX_ROWS = 64
 
 # Rows of w per block with the AVX2 + FMA kernels (float32, _cpu_gemm.pxi):
-# 3 panels of 16 rows for dx, 8 register tiles of 6 rows for dw; 32, 48 and
-# 64 timed alike here, 16 and 24 slower (the 8192x500 layer, one thread).
+# 3 panels of 16 rows for dx, 8 register tiles of 6 rows for dw. Timed on
+# the 8192x500 layer here (one thread, two): 48 rows 10.3-10.7 / 5.5-5.6 ms,
+# 96 rows 10.5-10.6 / 5.7-5.9, 60 rows 10.9 / 5.9, 24 and 36 rows (partial
+# panels) 11.8-12.2 / 5.9-6.7.
 SIMD_AFFINE_ROWS = 48
 
 
@@ -45,7 +47,7 @@ cdef struct AffineBackwardJob:
     void* dx
     void* dw
     double* sumsq_parts     # NULL, or one sum of squares of w per block
-    bint simd               # float32 with the AVX2 + FMA kernels
+    bint simd               # float32 with the AVX2 + FMA kernels (_cpu_gemm.pxi)
     const float* dout_tail  # simd, M % 16 != 0: dout's last M % 16 columns, (N, 16) zero-padded
 
 
@@ -79,9 +81,8 @@ cdef void _affine_backward_block(const AffineBackwardJob* j, Py_ssize_t blk,
 cdef int _simd_affine_backward_run(Items* items, const AffineBackwardJob* j) noexcept nogil:
     # The blocks with the AVX2 + FMA kernels; while a block is computed, the
     # next block has its rows of w and dw prefetched (w for the dx product,
-    # dw so its stores do not wait on memory). Returns
-    # -1 when scratch memory could not be had (nothing done: the caller
-    # falls back).
+    # dw so its stores do not wait on memory). Returns -1 when scratch
+    # memory could not be had (nothing done: the caller falls back).
     cdef float* packed_w = <float*>malloc(XDL_AFFINE_KC * 16 * sizeof(float))
     cdef float* packed_x = <float*>malloc(XDL_AFFINE_KC * j.rows * sizeof(float))
     cdef const float* w = <const float*>j.w
@@ -110,13 +111,13 @@ cdef int _simd_affine_backward_run(Items* items, const AffineBackwardJob* j) noe
             pf.nb = lines
             pf.done = 0
             if j.want_dx:
-                xdl_saffine_dx_block(j.N, j.D, j.M, w, <const float*>j.dout, <float*>j.dx,
-                                     d0, dn, packed_w, &pf, lines)
+                xdl_affine_dx_block(j.N, j.D, j.M, w, <const float*>j.dout, <float*>j.dx,
+                                    d0, dn, packed_w, &pf, lines)
             if j.sumsq_parts != NULL:
                 j.sumsq_parts[blk] = _sumsq_span(w + <Py_ssize_t>d0 * j.M, <Py_ssize_t>dn * j.M)
-            xdl_saffine_dw_block(j.N, j.D, j.M, <const float*>j.x, w, <const float*>j.dout,
-                                 j.dout_tail, dw, <float>j.reg, d0, dn, packed_x, &pf,
-                                 2 * lines)
+            xdl_affine_dw_block(j.N, j.D, j.M, <const float*>j.x, w, <const float*>j.dout,
+                                j.dout_tail, dw, <float>j.reg, d0, dn, packed_x, &pf,
+                                2 * lines)
     free(packed_w)
     free(packed_x)
     return 0
