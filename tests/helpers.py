@@ -29,10 +29,20 @@ def assert_close(actual, expected, dtype=None, **override):
     np.testing.assert_allclose(actual, expected, **kw)
 
 
+def compiled_kernels():
+    """The Cython CPU kernel module; a missing build is a test failure, not a skip."""
+    import pytest
+    from xdl.backends import cpu
+    if cpu.compiled is None:
+        pytest.fail("the compiled CPU kernels are not built (%s); "
+                    "run `pip install -e . --no-deps`" % cpu._import_error)
+    return cpu.compiled
+
+
 def to(xp, a, dtype=None):
     """Move a host array to module xp (numpy or cupy) with dtype."""
     a = np.asarray(a, dtype=dtype)
     return xp.asarray(a)
 
 
-__all__ = ["TOL", "tol", "host", "assert_close", "to", "rel_error"]
+__all__ = ["TOL", "tol", "host", "assert_close", "compiled_kernels", "to", "rel_error"]

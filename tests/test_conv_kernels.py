@@ -39,17 +39,9 @@ from xdl.layers import (
 )
 
 from cases import CONV_CASES, POOL_CASES, conv_ids, pool_ids
-from helpers import assert_close, host, rel_error, to
+from helpers import assert_close, compiled_kernels as compiled, host, rel_error, to
 
 CONV_IDS, POOL_IDS = conv_ids(CONV_CASES), pool_ids(POOL_CASES)
-
-
-def compiled():
-    """The Cython kernel module; a missing build is a test failure, not a skip."""
-    if cpu.compiled is None:
-        pytest.fail("the compiled CPU kernels are not built (%s); "
-                    "run `pip install -e . --no-deps`" % cpu._import_error)
-    return cpu.compiled
 
 
 def out_size(size, k, stride, pad):

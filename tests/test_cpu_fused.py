@@ -18,17 +18,9 @@ from xdl.classifiers.cnn import ThreeLayerConvNet
 from xdl.classifiers.fc_net import FullyConnectedNet, TwoLayerNet
 from xdl.layers import affine_backward, affine_forward
 
-from helpers import assert_close
+from helpers import assert_close, compiled_kernels as compiled
 
 pytestmark = pytest.mark.usefixtures("numpy_backend")
-
-
-def compiled():
-    """The Cython kernel module; a missing build is a test failure, not a skip."""
-    if cpu.compiled is None:
-        pytest.fail("the compiled CPU kernels are not built (%s); "
-                    "run `pip install -e . --no-deps`" % cpu._import_error)
-    return cpu.compiled
 
 
 @pytest.fixture(autouse=True)

@@ -13,19 +13,9 @@ numpy-only, like test_cpu_fused.py: these kernels exist only for host arrays.
 import numpy as np
 import pytest
 
-from xdl.backends import cpu
-
-from helpers import assert_close
+from helpers import assert_close, compiled_kernels as compiled
 
 pytestmark = pytest.mark.usefixtures("numpy_backend")
-
-
-def compiled():
-    """The Cython kernel module; a missing build is a test failure, not a skip."""
-    if cpu.compiled is None:
-        pytest.fail("the compiled CPU kernels are not built (%s); "
-                    "run `pip install -e . --no-deps`" % cpu._import_error)
-    return cpu.compiled
 
 
 @pytest.fixture

@@ -5,13 +5,7 @@ import pytest
 
 from xdl.backends import cpu
 
-from helpers import assert_close
-
-
-def compiled():
-    if cpu.compiled is None:
-        pytest.fail("the compiled CPU kernels are not built (%s)" % cpu._import_error)
-    return cpu.compiled
+from helpers import assert_close, compiled_kernels as compiled
 
 
 def test_matmul_runs_of_tiles_give_identical_results(dtype):
