@@ -150,9 +150,11 @@ def affine_backward(x, w, dout, reg=0.0, compute_dx=True, w_sumsq=False):
     """
     The affine layer's matrix products backward, over blocks of rows of w
     on the team: each block's part of dx and its rows of dw (with reg * w)
-    while the block is in cache, so w is read from memory once. Every
-    element is computed by one thread in a fixed order (bit-identical
-    across calls and thread counts).
+    while the block is in cache, so w is read from memory once. float32 on
+    a CPU with AVX2 and FMA runs on the kernels of _cpu_gemm.h (blocks of
+    SIMD_AFFINE_ROWS rows; set_simd_kernels(False) selects OpenBLAS), the
+    rest on OpenBLAS. Every element is computed by one thread in a fixed
+    order (bit-identical across calls and thread counts).
 
     Inputs:
     - x: (N, D) input of the layer, flattened; w: (D, M); dout: (N, M);

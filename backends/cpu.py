@@ -15,7 +15,9 @@ rounding (xdl/DESIGN.md, "One device interface"):
 - matmul: the compiled, tiled product for large float products (see
   ``matmul``), numpy's ``@`` otherwise.
 - affine_backward: the compiled sweep over the rows of w for large
-  layers (see ``affine_backward``), two ``matmul`` calls otherwise.
+  layers (see ``affine_backward``; in float32 on CPUs with AVX2 and FMA on
+  the extension's own kernels, else OpenBLAS), two ``matmul`` calls
+  otherwise.
 - softmax_loss: the NumPy formula.
 
 The compiled kernels' large outputs come from reused memory (no page
