@@ -4,9 +4,12 @@ Plain Python: the kernels in ``_cpu_kernels`` hand the team a work object
 whose ``run(tid)`` method releases the GIL and takes items from a shared
 atomic counter until none are left (xdl/DESIGN.md, "The CPU kernels").
 
-- The team is the calling thread plus ``get_num_threads() - 1`` workers that
-  block on a queue between calls: they never spin, so they never take a core
-  from numpy's OpenBLAS threads or from the next kernel.
+- The team is the calling thread plus ``get_num_threads() - 1`` workers.
+  A worker that has finished a call spins for the next one for
+  SPIN_SECONDS, then blocks on its queue; the caller spins until its
+  workers are done. Waking a blocked thread took tens of microseconds here,
+  twice per call; the spinning handoff is in ``_cpu_handoff.pxi``. Workers
+  never spin when there are more threads than CPUs.
 - A call made while another Python thread is using the team runs on its own
   thread alone (correct, just not parallel).
 - The workspace keeps a few large scratch arrays alive between calls, so
@@ -44,6 +47,20 @@ def get_num_threads():
     return _num_threads
 
 
+# How long a worker that finished a call waits, spinning, for the next one
+# before it blocks on its queue: longer than the Python between the kernel
+# calls of a training step, short enough to give the core back soon after.
+SPIN_SECONDS = 300e-6
+
+_handoff = None
+
+
+def use_handoff(words, start, claim, finished, next_call, wait):
+    """Install the compiled module's handoff functions (_cpu_handoff.pxi); done at its import."""
+    global _handoff
+    _handoff = (words, start, claim, finished, next_call, wait)
+
+
 class Team:
     """
     Worker threads that run a work object together with the calling thread.
@@ -56,21 +73,33 @@ class Team:
     def __init__(self):
         self._lock = threading.Lock()
         self._inboxes = []
-        self._done = SimpleQueue()
+        self._states = []        # each worker's handoff state word
+        self._running = None     # the handoff's counter: workers still on the current call
+        self._current = None     # the call being run
+        self._errors = []        # what the workers raised during it
+        self._oversubscribed = False
 
     def _serve(self, tid, inbox):
+        _, _, _, finished, next_call, _ = _handoff
+        state = self._states[tid - 1]
+        work = inbox.get()
         while True:
-            work = inbox.get()
             try:
                 work.run(tid)
-            except BaseException as exc:  # keep the caller from waiting forever
-                self._done.put(exc)
-            else:
-                self._done.put(None)
+            except BaseException as exc:  # re-raised by the caller
+                self._errors.append(exc)
+            work = None
+            finished(state, self._running)
+            spin = 0.0 if self._oversubscribed else SPIN_SECONDS
+            work = self._current if next_call(state, spin) else inbox.get()
 
     def _grow(self, workers):
+        word = _handoff[0]
+        if self._running is None:
+            self._running = word()
         while len(self._inboxes) < workers:
             inbox = SimpleQueue()
+            self._states.append(word())
             threading.Thread(target=self._serve, args=(len(self._inboxes) + 1, inbox),
                              name="xdl-cpu-kernels", daemon=True).start()
             self._inboxes.append(inbox)
@@ -80,29 +109,28 @@ class Team:
         if threads <= 1 or not self._lock.acquire(blocking=False):
             work.run(0)
             return
-        results = []
-        sent = 0
-        interrupted = None
         try:
             self._grow(threads - 1)
-            for inbox in self._inboxes[:threads - 1]:
-                inbox.put(work)
-                sent += 1
-            work.run(0)
+            _, start, claim, _, _, wait = _handoff
+            self._errors = []
+            self._current = work
+            # More threads than CPUs: nobody spins (the others need the cores).
+            self._oversubscribed = threads > usable_cpus()
+            start(self._running, threads - 1)
+            for slot in range(threads - 1):
+                if not claim(self._states[slot]):
+                    self._inboxes[slot].put(work)
+            try:
+                work.run(0)
+            finally:
+                # Even if interrupted (Ctrl-C): no worker may still be
+                # writing when the caller returns.
+                wait(self._running, self._oversubscribed)
+                self._current = None
         finally:
-            # Collect every worker's answer even if interrupted (Ctrl-C): no
-            # worker may still be writing, nor leave a stale answer behind.
-            while len(results) < sent:
-                try:
-                    results.append(self._done.get())
-                except KeyboardInterrupt as exc:
-                    interrupted = exc
             self._lock.release()
-        if interrupted is not None:
-            raise interrupted
-        for exc in results:
-            if exc is not None:
-                raise exc
+        if self._errors:
+            raise self._errors[0]
 
 
 _team = Team()
