@@ -236,14 +236,47 @@ cdef void _col2im_image(const floating* cols, Py_ssize_t ld, floating* dx,
     _col2im_rows(cols, ld, dx, s, 0, s.OH)
 
 
+cdef bint _gathered_conv(ConvShape s) noexcept nogil:
+    # Whether _conv_forward_image reads a float32 image's columns in place
+    # (_cpu_gemm.h, xdl_conv_image): AVX2 + FMA, stride 1, and the image's
+    # padded copy, 16 spare floats and the K row offsets fit in the space
+    # of its columns (always but for some 1x1 convolutions).
+    return (_simd_kernels and s.stride == 1 and
+            <Py_ssize_t>s.C * (s.H + 2 * s.pad) * (s.W + 2 * s.pad) + 16 + s.K
+            <= _aligned(<Py_ssize_t>s.K * s.P))
+
+
+cdef void _gathered_conv_image(const float* x, const float* w, const float* b, float* out,
+                               float* cols, ConvShape s) noexcept nogil:
+    # out (F, P) = w (F, K) @ columns + b without im2col: the padded image
+    # (with 16 zeros past its end, which the last panel's spare lanes read)
+    # and the row offsets of the columns in the space of cols.
+    cdef Py_ssize_t Hp = s.H + 2 * s.pad, Wp = s.W + 2 * s.pad
+    cdef Py_ssize_t padded = <Py_ssize_t>s.C * Hp * Wp
+    cdef int* off = <int*>(cols + padded + 16)
+    cdef int c, kh, kw
+    _pad_image(x, cols, s)
+    memset(cols + padded, 0, 16 * sizeof(float))
+    for c in range(s.C):
+        for kh in range(s.KH):
+            for kw in range(s.KW):
+                off[(c * s.KH + kh) * s.KW + kw] = <int>((c * Hp + kh) * Wp + kw)
+    xdl_conv_image(cols, <int>Wp, s.OH, s.OW, s.K, off, w, b, s.F, out)
+
+
 cdef void _conv_forward_image(const floating* x, const floating* w, const floating* b,
                               floating* out, floating* cols, ConvShape s) noexcept nogil:
     # out (F, P) = w (F, K) @ cols (K, P) + b, band by band of s.bh output
-    # rows: im2col of the band, then its product by tiles of fb x pb.
+    # rows: im2col of the band, then its product by tiles of fb x pb. In
+    # float32 on AVX2 + FMA, stride 1: no im2col (_gathered_conv_image).
     cdef Py_ssize_t f0, p0, f, p, q0, bp
     cdef int fn, pn, oh0, oh1
     cdef floating bias
     cdef floating* o
+    if floating is float:
+        if _gathered_conv(s):
+            _gathered_conv_image(x, w, b, out, cols, s)
+            return
     cdef const floating* src = _padded_source(x, cols + _aligned(<Py_ssize_t>s.K * s.P), s)
     oh0 = 0
     while oh0 < s.OH:

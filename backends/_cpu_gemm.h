@@ -1,8 +1,9 @@
-/* The affine layer's backward products on CPUs with AVX2 and FMA (used by
+/* Matrix-product kernels on CPUs with AVX2 and FMA (used by
    _cpu_gemm.pxi; xdl/DESIGN.md, "The CPU kernels", has the measurements).
 
    float32 dx = dout @ w.T and dw = x.T @ dout + reg * w, one block of rows
-   of w at a time, on a register tile of 6 rows by 16 columns: a broadcast
+   of w at a time, and a stride-1 convolution's forward product without
+   im2col, on a register tile of 6 rows by 16 columns: a broadcast
    element of one operand times two vectors of 8 of the other, summed in 12
    accumulators. The rest of the extension is built for baseline x86-64;
    these functions carry target("avx2,fma") and are called only when
@@ -67,22 +68,27 @@ static XDL_AVX2 inline void xdl_transpose(__m256* r) {
 }
 
 /* The register tile, for MR = 1..6 rows (a constant once inlined):
-   C[0:MR, 0:nn] (row stride ldc) = the sum over k < kc of A[r, k] * B[k, 0:16],
-   plus beta * Y when y is not NULL (Y (MR, nn), row stride ldy; y == c adds
-   to C). A[r, k] is a[r*rsa + k*csa]; B[k, j] is b[k*ldb + j], 16 readable
-   columns (zero padding past nn). Each element is summed in k order, one
+   C[0:MR, 0:nn] (row stride ldc) = init + the sum over k < kc of
+   A[r, k] * B[k, 0:16], plus beta * Y when y is not NULL (Y (MR, nn), row
+   stride ldy; y == c adds to C). A[r, k] is a[r*rsa + k*csa]; B[k, j] is
+   b[k*ldb + j], or with GATHER b[off[k] + j] (a convolution's columns read
+   in place); 16 readable columns (padding past nn: zeros, or any values,
+   as those lanes are never stored). init: NULL (zeros) or one value per
+   row (the convolution's bias). Each element is summed in k order, one
    fused multiply-add at a time: the result does not depend on the threads. */
 static XDL_AVX2 inline __attribute__((always_inline)) void xdl_tile(
-        const int MR, int kc, const float* a, long rsa, long csa, const float* b, long ldb,
-        float* c, long ldc, int nn, const float* y, long ldy, float beta) {
+        const int MR, const int GATHER, int kc, const float* a, long rsa, long csa,
+        const float* b, long ldb, const int* off, float* c, long ldc, int nn, const float* y,
+        long ldy, float beta, const float* init) {
     __m256 acc[XDL_SK_MR][2];
 #pragma GCC unroll 6
     for (int r = 0; r < MR; r++) {
-        acc[r][0] = _mm256_setzero_ps();
-        acc[r][1] = _mm256_setzero_ps();
+        acc[r][0] = init ? _mm256_set1_ps(init[r]) : _mm256_setzero_ps();
+        acc[r][1] = acc[r][0];
     }
     for (int k = 0; k < kc; k++) {
-        __m256 b0 = _mm256_loadu_ps(b + k * ldb), b1 = _mm256_loadu_ps(b + k * ldb + 8);
+        const float* bk = GATHER ? b + off[k] : b + k * ldb;
+        __m256 b0 = _mm256_loadu_ps(bk), b1 = _mm256_loadu_ps(bk + 8);
 #pragma GCC unroll 6
         for (int r = 0; r < MR; r++) {
             __m256 av = _mm256_broadcast_ss(a + r * rsa + k * csa);
@@ -119,20 +125,63 @@ static XDL_AVX2 inline __attribute__((always_inline)) void xdl_tile(
     }
 }
 
-#define XDL_TILE_ARGS kc, a, rsa, csa, b, ldb, c, ldc, nn, y, ldy, beta
+/* The tile for mr = 1..6 rows (B in rows of stride ldb). */
+#define XDL_TILE_ARGS kc, a, rsa, csa, b, ldb, NULL, c, ldc, nn, y, ldy, beta, NULL
 static XDL_AVX2 void xdl_tiles_of(int mr, int kc, const float* a, long rsa, long csa,
                                   const float* b, long ldb, float* c, long ldc, int nn,
                                   const float* y, long ldy, float beta) {
     switch (mr) {
-    case 6: xdl_tile(6, XDL_TILE_ARGS); break;
-    case 5: xdl_tile(5, XDL_TILE_ARGS); break;
-    case 4: xdl_tile(4, XDL_TILE_ARGS); break;
-    case 3: xdl_tile(3, XDL_TILE_ARGS); break;
-    case 2: xdl_tile(2, XDL_TILE_ARGS); break;
-    default: xdl_tile(1, XDL_TILE_ARGS); break;
+    case 6: xdl_tile(6, 0, XDL_TILE_ARGS); break;
+    case 5: xdl_tile(5, 0, XDL_TILE_ARGS); break;
+    case 4: xdl_tile(4, 0, XDL_TILE_ARGS); break;
+    case 3: xdl_tile(3, 0, XDL_TILE_ARGS); break;
+    case 2: xdl_tile(2, 0, XDL_TILE_ARGS); break;
+    default: xdl_tile(1, 0, XDL_TILE_ARGS); break;
     }
 }
 #undef XDL_TILE_ARGS
+
+/* The tile for mr = 1..6 rows with B's rows at b + off[k], from init (A
+   row-major with row stride lda; no Y). */
+#define XDL_TILE_ARGS kc, a, lda, 1, b, 0, off, c, ldc, nn, NULL, 0, 0, init
+static XDL_AVX2 void xdl_gathered_tiles_of(int mr, int kc, const float* a, long lda,
+                                           const float* b, const int* off, float* c, long ldc,
+                                           int nn, const float* init) {
+    switch (mr) {
+    case 6: xdl_tile(6, 1, XDL_TILE_ARGS); break;
+    case 5: xdl_tile(5, 1, XDL_TILE_ARGS); break;
+    case 4: xdl_tile(4, 1, XDL_TILE_ARGS); break;
+    case 3: xdl_tile(3, 1, XDL_TILE_ARGS); break;
+    case 2: xdl_tile(2, 1, XDL_TILE_ARGS); break;
+    default: xdl_tile(1, 1, XDL_TILE_ARGS); break;
+    }
+}
+#undef XDL_TILE_ARGS
+
+/* One image's stride-1 convolution: out (F, OH*OW) = w (F, K) @ columns + b,
+   the columns read in place from the padded image xpad (C, Hp, Wp): row
+   k = (c, kh, kw) of column (oh, ow) is xpad[off[k] + oh*Wp + ow], with
+   off[k] = (c*Hp + kh)*Wp + kw. No im2col: each panel of 16 output pixels
+   of one row reads its K rows of 16 from the image (in the core's L1), for
+   every register tile of filters. xpad needs 16 readable floats past its
+   end (the last panel's spare lanes read them; they are never stored). */
+static XDL_AVX2 void xdl_conv_image(const float* xpad, int Wp, int OH, int OW, int K,
+                                    const int* off, const float* w, const float* bias, int F,
+                                    float* out) {
+    int tiles = xdl_tiles(F);
+    long P = (long)OH * OW;
+    for (int oh = 0; oh < OH; oh++) {
+        for (int ow0 = 0; ow0 < OW; ow0 += 16) {
+            int nn = OW - ow0 < 16 ? OW - ow0 : 16;
+            for (int t = 0; t < tiles; t++) {
+                int f0 = xdl_tile_lo(F, tiles, t), f1 = xdl_tile_lo(F, tiles, t + 1);
+                xdl_gathered_tiles_of(f1 - f0, K, w + (long)f0 * K, K,
+                                      xpad + (long)oh * Wp + ow0, off,
+                                      out + f0 * P + (long)oh * OW + ow0, P, nn, bias + f0);
+            }
+        }
+    }
+}
 
 /* pack (kc, 16) = rows [0, nn) of w (row stride ldw), columns [0, kc),
    transposed, zero past nn: the dx product's B operand (w.T). */
@@ -224,6 +273,8 @@ static void xdl_affine_dw_block(int N, int D, int M, const float* x, const float
                                 const float* dout, const float* dout_tail, float* dw, float reg,
                                 int d0, int dn, float* scratch, xdl_prefetch* pf,
                                 long pf_upto) {}
+static void xdl_conv_image(const float* xpad, int Wp, int OH, int OW, int K, const int* off,
+                           const float* w, const float* bias, int F, float* out) {}
 #endif
 
 #endif  /* XDL_CPU_GEMM_H */

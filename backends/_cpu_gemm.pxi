@@ -1,8 +1,10 @@
-# Our own float32 matrix-product kernels for the affine layer's backward
-# pass on CPUs with AVX2 and FMA (included by _cpu_kernels.pyx; the C is in
-# _cpu_gemm.h): a register tile of 6 rows by 16 columns, selected at run
-# time (the rest of the extension is built for baseline x86-64).
-# OpenBLAS's small-matrix calls, one per block of rows of w, re-packed dout
+# Our own float32 matrix-product kernels on CPUs with AVX2 and FMA
+# (included by _cpu_kernels.pyx before the kernels that use them; the C is
+# in _cpu_gemm.h): a register tile of 6 rows by 16 columns, selected at run
+# time (the rest of the extension is built for baseline x86-64). They run
+# the affine layer's backward pass and the stride-1 convolution's forward
+# product (_conv_forward_image: the columns read in place from the padded
+# image, no im2col). For the affine layer: OpenBLAS's small-matrix calls, one per block of rows of w, re-packed dout
 # for every call and left the block's rows of dw to be fetched from memory
 # on the first store; here dout is read in place, each block's rows of w
 # are packed transposed once, and the next block's rows of w and dw are
@@ -27,15 +29,18 @@ cdef extern from "_cpu_gemm.h":
                              const float* dout, const float* dout_tail, float* dw, float reg,
                              int d0, int dn, float* scratch, xdl_prefetch* pf,
                              long pf_upto) noexcept nogil
+    void xdl_conv_image(const float* xpad, int Wp, int OH, int OW, int K, const int* off,
+                        const float* w, const float* bias, int F, float* out) noexcept nogil
 
 
 # Whether the AVX2 + FMA kernels are used: the CPU has both and
-# set_simd_kernels has not turned them off.
-_simd_kernels = bool(xdl_cpu_has_avx2_fma())
+# set_simd_kernels has not turned them off (a C variable: the kernels read
+# it without the GIL).
+cdef bint _simd_kernels = xdl_cpu_has_avx2_fma()
 
 
 def simd_kernels_available():
-    """True when this CPU has AVX2 and FMA, which the float32 affine backward kernels need."""
+    """True when this CPU has AVX2 and FMA, which the float32 kernels of _cpu_gemm.h need."""
     return bool(xdl_cpu_has_avx2_fma())
 
 

@@ -17,7 +17,7 @@ sharing this module's namespace:
 - ``_cpu_elementwise.pxi``: sgd, sgd_momentum, rmsprop, adam, adamw,
   sum_of_squares, axpy;
 - ``_cpu_gemm.pxi``: float32 matrix-product kernels with AVX2 + FMA (selected
-  at run time) for affine_backward;
+  at run time) for affine_backward and the stride-1 convolution's forward;
 - ``_cpu_matmul.pxi``: matmul;
 - ``_cpu_affine.pxi``: affine_backward (dx and dw in one sweep over w);
 - ``_cpu_conv_relu_pool.pxi``: conv_relu_pool_forward, conv_relu_pool_backward
@@ -37,10 +37,10 @@ from xdl.backends._cpu_team import clear_workspace, get_num_threads, set_num_thr
 include "_cpu_common.pxi"
 include "_cpu_handoff.pxi"
 include "_cpu_memory.pxi"
+include "_cpu_gemm.pxi"
 include "_cpu_conv.pxi"
 include "_cpu_pool.pxi"
 include "_cpu_conv_relu_pool.pxi"
 include "_cpu_elementwise.pxi"
-include "_cpu_gemm.pxi"
 include "_cpu_matmul.pxi"
 include "_cpu_affine.pxi"

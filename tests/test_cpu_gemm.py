@@ -145,3 +145,49 @@ def test_simd_path_leaves_float64_and_the_layer_results_alone(kern):
                 np.testing.assert_array_equal(s, o)
             else:
                 np.testing.assert_allclose(s, o, rtol=1e-4, atol=1e-4 * np.abs(o).max())
+
+
+# (N, C, H, W, F, KH, KW, pad): the CNN's layer; a row shorter than a panel
+# (13 columns: masked stores) and 7 filters (tiles of 3 and 4); rows of
+# 16 + 16 + 5; no padding; a 1x1 filter (whose padded image does not fit
+# in the columns' space with its spare floats: the im2col path).
+CONV_SHAPES = [(2, 3, 32, 32, 32, 7, 7, 3), (3, 2, 9, 13, 7, 3, 3, 1),
+               (2, 4, 20, 37, 13, 5, 5, 2), (2, 3, 8, 8, 6, 3, 3, 0), (2, 5, 6, 6, 4, 1, 1, 0)]
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=["x".join(map(str, s)) for s in CONV_SHAPES])
+def test_conv_forward_without_im2col_matches_the_formula(kern, shape):
+    # Stride 1 in float32 reads the columns in place from the padded image
+    # (xdl_conv_image); the float64 formula and the im2col path agree.
+    from xdl.backends import numpy_kernels
+    N, C, H, W, F, KH, KW, pad = shape
+    rng = np.random.RandomState(4)
+    x = rng.randn(N, C, H, W).astype(np.float32)
+    w = rng.randn(F, C, KH, KW).astype(np.float32)
+    b = rng.randn(F).astype(np.float32)
+    OH, OW = H + 2 * pad - KH + 1, W + 2 * pad - KW + 1
+    out = kern.conv_forward(x, w, b, 1, pad, OH, OW)
+    ref = numpy_kernels.conv_forward(*(a.astype(np.float64) for a in (x, w, b)), 1, pad, OH, OW)
+    assert out.dtype == np.float32
+    assert_close(out, ref, np.float32, atol=1e-4 * np.sqrt(C * KH * KW))
+    kern.set_simd_kernels(False)
+    blas = kern.conv_forward(x, w, b, 1, pad, OH, OW)
+    kern.set_simd_kernels(True)
+    np.testing.assert_allclose(out, blas, rtol=1e-5, atol=1e-5 * np.abs(blas).max())
+    # the fused layer takes the same per-image convolution: the same bits
+    # as the unfused chain (conv, pool, ReLU)
+    if OH % 2 == 0 and OW % 2 == 0:
+        pooled, _ = kern.conv_relu_pool_forward(x, w, b, 1, pad, OH, OW, 2, 2, 2, OH // 2, OW // 2)
+        unfused = np.maximum(out.reshape(N, F, OH // 2, 2, OW // 2, 2).max(axis=(3, 5)), 0)
+        np.testing.assert_array_equal(pooled, unfused)
+
+
+def test_strided_convolution_keeps_im2col(kern):
+    # Stride 2 reads the columns through im2col on both settings: the same bits.
+    rng = np.random.RandomState(6)
+    x = rng.randn(2, 3, 11, 11).astype(np.float32)
+    w = rng.randn(5, 3, 3, 3).astype(np.float32)
+    b = rng.randn(5).astype(np.float32)
+    out = kern.conv_forward(x, w, b, 2, 1, 6, 6)
+    kern.set_simd_kernels(False)
+    np.testing.assert_array_equal(kern.conv_forward(x, w, b, 2, 1, 6, 6), out)
