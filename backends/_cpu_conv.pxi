@@ -246,21 +246,27 @@ cdef bint _gathered_conv(ConvShape s) noexcept nogil:
             <= _aligned(<Py_ssize_t>s.K * s.P))
 
 
-cdef void _gathered_conv_image(const float* x, const float* w, const float* b, float* out,
-                               float* cols, ConvShape s) noexcept nogil:
-    # out (F, P) = w (F, K) @ columns + b without im2col: the padded image
-    # (with 16 zeros past its end, which the last panel's spare lanes read)
-    # and the row offsets of the columns in the space of cols.
+cdef void _padded_columns(const float* x, float* xpad, int* off, ConvShape s) noexcept nogil:
+    # The image's columns, to be read in place: xpad (C, Hp, Wp) padded with
+    # 16 zeros past its end (which a last panel's spare lanes read), and the
+    # offset in xpad of each row k = (c, kh, kw) of the columns.
     cdef Py_ssize_t Hp = s.H + 2 * s.pad, Wp = s.W + 2 * s.pad
-    cdef Py_ssize_t padded = <Py_ssize_t>s.C * Hp * Wp
-    cdef int* off = <int*>(cols + padded + 16)
     cdef int c, kh, kw
-    _pad_image(x, cols, s)
-    memset(cols + padded, 0, 16 * sizeof(float))
+    _pad_image(x, xpad, s)
+    memset(xpad + <Py_ssize_t>s.C * Hp * Wp, 0, 16 * sizeof(float))
     for c in range(s.C):
         for kh in range(s.KH):
             for kw in range(s.KW):
                 off[(c * s.KH + kh) * s.KW + kw] = <int>((c * Hp + kh) * Wp + kw)
+
+
+cdef void _gathered_conv_image(const float* x, const float* w, const float* b, float* out,
+                               float* cols, ConvShape s) noexcept nogil:
+    # out (F, P) = w (F, K) @ columns + b without im2col: the padded image
+    # and the row offsets of its columns in the space of cols.
+    cdef Py_ssize_t Wp = s.W + 2 * s.pad
+    cdef int* off = <int*>(cols + <Py_ssize_t>s.C * (s.H + 2 * s.pad) * Wp + 16)
+    _padded_columns(x, cols, off, s)
     xdl_conv_image(cols, <int>Wp, s.OH, s.OW, s.K, off, w, b, s.F, out)
 
 
@@ -327,6 +333,29 @@ cdef floating _sum(const floating* d, Py_ssize_t n) noexcept nogil:
     return part[0]
 
 
+cdef bint _gathered_conv_dw(ConvShape s) noexcept nogil:
+    # Whether _conv_backward_image takes a float32 image's filter gradient
+    # with the columns read in place (_cpu_gemm.h, xdl_conv_dw_image): as
+    # _gathered_conv, with room in the columns' space for dout transposed
+    # (ceil(F/16) panels of P x 16) too.
+    return (_gathered_conv(s) and
+            <Py_ssize_t>s.C * (s.H + 2 * s.pad) * (s.W + 2 * s.pad) + 16 + s.K
+            + <Py_ssize_t>((s.F + 15) // 16) * 16 * s.P <= _aligned(<Py_ssize_t>s.K * s.P))
+
+
+cdef void _gathered_conv_dw_image(const float* x, const float* dout, float* dw,
+                                  float* cols, ConvShape s) noexcept nogil:
+    # dw (F, K) = dout (F, P) @ columns^T without im2col: the padded image
+    # (16 zeros past its end), the row offsets and dout transposed in the
+    # space of cols.
+    cdef Py_ssize_t Hp = s.H + 2 * s.pad, Wp = s.W + 2 * s.pad
+    cdef Py_ssize_t padded = <Py_ssize_t>s.C * Hp * Wp
+    cdef int* off = <int*>(cols + padded + 16)
+    cdef float* dct = cols + padded + 16 + s.K
+    _padded_columns(x, cols, off, s)
+    xdl_conv_dw_image(cols, <int>Wp, s.OH, s.OW, s.K, off, dout, s.F, dct, dw)
+
+
 cdef void _conv_backward_image(const floating* x, const floating* w, const floating* dout,
                                floating* dx, floating* dw, floating* db, floating* cols,
                                ConvShape s) noexcept nogil:
@@ -334,8 +363,19 @@ cdef void _conv_backward_image(const floating* x, const floating* w, const float
     # dcols (K, P) = w^T @ dout, folded back into dx (C, H, W) unless dx is
     # NULL. Band by band of s.bh output rows: im2col of the band, its part
     # of dw, then (in the band's buffer) its column gradient, added into dx.
+    # In float32 on AVX2 + FMA, stride 1, dw is taken first without im2col
+    # (_gathered_conv_dw_image), and the bands only fold dx back.
     cdef Py_ssize_t f0, p0, k0, f, q0, bp
     cdef int fn, pn, kn, oh0, oh1
+    cdef bint gathered = False
+    if floating is float:
+        gathered = _gathered_conv_dw(s)
+        if gathered:
+            _gathered_conv_dw_image(x, dout, dw, cols, s)
+    for f in range(s.F):
+        db[f] = _sum(dout + f * s.P, s.P)
+    if gathered and dx == NULL:
+        return
     cdef const floating* src = _padded_source(x, cols + _aligned(<Py_ssize_t>s.K * s.P), s)
     if dx != NULL:
         memset(dx, 0, <size_t>s.C * s.H * s.W * sizeof(floating))
@@ -344,23 +384,24 @@ cdef void _conv_backward_image(const floating* x, const floating* w, const float
         oh1 = min(oh0 + s.bh, s.OH)
         q0 = <Py_ssize_t>oh0 * s.OW
         bp = <Py_ssize_t>(oh1 - oh0) * s.OW
-        _im2col_rows(src, cols, bp, s, oh0, oh1)
-        k0 = 0
-        while k0 < s.K:
-            kn = min(s.wk, s.K - k0)
-            f0 = 0
-            while f0 < s.F:
-                fn = min(s.wf, s.F - f0)
-                p0 = 0
-                while p0 < bp:
-                    pn = min(s.wp, bp - p0)
-                    # column-major: dw^T (kn, fn) (+)= cols (kn, pn) @ dout^T (pn, fn)
-                    _gemm(c'T', c'N', kn, fn, pn, <floating>1, cols + k0 * bp + p0, bp,
-                          dout + f0 * s.P + q0 + p0, s.P, <floating>(q0 + p0 > 0),
-                          dw + f0 * s.K + k0, s.K)
-                    p0 += pn
-                f0 += fn
-            k0 += kn
+        if not gathered:
+            _im2col_rows(src, cols, bp, s, oh0, oh1)
+            k0 = 0
+            while k0 < s.K:
+                kn = min(s.wk, s.K - k0)
+                f0 = 0
+                while f0 < s.F:
+                    fn = min(s.wf, s.F - f0)
+                    p0 = 0
+                    while p0 < bp:
+                        pn = min(s.wp, bp - p0)
+                        # column-major: dw^T (kn, fn) (+)= cols (kn, pn) @ dout^T (pn, fn)
+                        _gemm(c'T', c'N', kn, fn, pn, <floating>1, cols + k0 * bp + p0, bp,
+                              dout + f0 * s.P + q0 + p0, s.P, <floating>(q0 + p0 > 0),
+                              dw + f0 * s.K + k0, s.K)
+                        p0 += pn
+                    f0 += fn
+                k0 += kn
         if dx != NULL:
             # The band's columns are no longer needed: the buffer receives
             # their gradient.
@@ -377,8 +418,6 @@ cdef void _conv_backward_image(const floating* x, const floating* w, const float
                 p0 += pn
             _col2im_rows(cols, bp, dx, s, oh0, oh1)
         oh0 = oh1
-    for f in range(s.F):
-        db[f] = _sum(dout + f * s.P, s.P)
 
 
 # ------------------------------------------ im2col and col2im: per image

@@ -2,8 +2,8 @@
    _cpu_gemm.pxi; xdl/DESIGN.md, "The CPU kernels", has the measurements).
 
    float32 dx = dout @ w.T and dw = x.T @ dout + reg * w, one block of rows
-   of w at a time, and a stride-1 convolution's forward product without
-   im2col, on a register tile of 6 rows by 16 columns: a broadcast
+   of w at a time, and a stride-1 convolution's forward product and filter
+   gradient without im2col, on a register tile of 6 rows by 16 columns: a broadcast
    element of one operand times two vectors of 8 of the other, summed in 12
    accumulators. The rest of the extension is built for baseline x86-64;
    these functions carry target("avx2,fma") and are called only when
@@ -183,6 +183,95 @@ static XDL_AVX2 void xdl_conv_image(const float* xpad, int Wp, int OH, int OW, i
     }
 }
 
+/* The filter-gradient tile of one image, MR = 1..6 rows of K (a constant
+   once inlined) by 16 filters: t[r][j] = the sum over the pixels (oh, ow),
+   in order, of column k0 + r at (oh, ow), xpad[off[k0 + r] + oh*Wp + ow],
+   times dct[(oh*OW + ow)*16 + j], the image's dconv transposed (one panel
+   of 16 filters). */
+static XDL_AVX2 inline __attribute__((always_inline)) void xdl_dw_tile(
+        const int MR, const float* xpad, int Wp, int OH, int OW, const int* off,
+        const float* dct, float* t) {
+    __m256 acc[XDL_SK_MR][2];
+    const float* row[XDL_SK_MR];
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; r++) {
+        acc[r][0] = _mm256_setzero_ps();
+        acc[r][1] = _mm256_setzero_ps();
+    }
+    for (int oh = 0; oh < OH; oh++) {
+#pragma GCC unroll 6
+        for (int r = 0; r < MR; r++) row[r] = xpad + off[r] + (long)oh * Wp;
+        const float* b = dct + (long)oh * OW * 16;
+        for (int ow = 0; ow < OW; ow++) {
+            __m256 b0 = _mm256_loadu_ps(b + 16 * ow), b1 = _mm256_loadu_ps(b + 16 * ow + 8);
+#pragma GCC unroll 6
+            for (int r = 0; r < MR; r++) {
+                __m256 av = _mm256_broadcast_ss(row[r] + ow);
+                acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+            }
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; r++) {
+        _mm256_storeu_ps(t + 16 * r, acc[r][0]);
+        _mm256_storeu_ps(t + 16 * r + 8, acc[r][1]);
+    }
+}
+
+static XDL_AVX2 void xdl_dw_tiles_of(int mr, const float* xpad, int Wp, int OH, int OW,
+                                     const int* off, const float* dct, float* t) {
+    switch (mr) {
+    case 6: xdl_dw_tile(6, xpad, Wp, OH, OW, off, dct, t); break;
+    case 5: xdl_dw_tile(5, xpad, Wp, OH, OW, off, dct, t); break;
+    case 4: xdl_dw_tile(4, xpad, Wp, OH, OW, off, dct, t); break;
+    case 3: xdl_dw_tile(3, xpad, Wp, OH, OW, off, dct, t); break;
+    case 2: xdl_dw_tile(2, xpad, Wp, OH, OW, off, dct, t); break;
+    default: xdl_dw_tile(1, xpad, Wp, OH, OW, off, dct, t); break;
+    }
+}
+
+/* One image's stride-1 filter gradient: dw (F, K) = dconv (F, P) @ columns^T,
+   the columns read in place from xpad as in xdl_conv_image (no im2col).
+   dconv is first packed transposed into dct (ceil(F/16) panels of P x 16,
+   zero past F), then each tile of 6 rows of K by 16 filters sums over all
+   P pixels in its registers and is stored transposed into dw. */
+static XDL_AVX2 void xdl_conv_dw_image(const float* xpad, int Wp, int OH, int OW, int K,
+                                       const int* off, const float* dconv, int F, float* dct,
+                                       float* dw) {
+    long P = (long)OH * OW;
+    int panels = (F + 15) / 16, tiles = xdl_tiles(K);
+    for (int pp = 0; pp < panels; pp++) {
+        float* d = dct + pp * P * 16;
+        for (int j8 = 0; j8 < 16; j8 += 8) {
+            int f0 = 16 * pp + j8, nf = F - f0 < 8 ? F - f0 : 8;
+            long q = 0;
+            if (nf == 8) {
+                for (; q + 8 <= P; q += 8) {
+                    __m256 r[8];
+                    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(dconv + (f0 + i) * P + q);
+                    xdl_transpose(r);
+                    for (int i = 0; i < 8; i++) _mm256_storeu_ps(d + (q + i) * 16 + j8, r[i]);
+                }
+            }
+            for (; q < P; q++)
+                for (int i = 0; i < 8; i++)
+                    d[q * 16 + j8 + i] = i < nf ? dconv[(f0 + i) * P + q] : 0;
+        }
+    }
+    for (int pp = 0; pp < panels; pp++) {
+        int f0 = 16 * pp, nf = F - f0 < 16 ? F - f0 : 16;
+        for (int t = 0; t < tiles; t++) {
+            int k0 = xdl_tile_lo(K, tiles, t), k1 = xdl_tile_lo(K, tiles, t + 1);
+            float tile[XDL_SK_MR * 16];
+            xdl_dw_tiles_of(k1 - k0, xpad, Wp, OH, OW, off + k0, dct + pp * P * 16, tile);
+            for (int j = 0; j < nf; j++)
+                for (int r = 0; r < k1 - k0; r++)
+                    dw[(long)(f0 + j) * K + k0 + r] = tile[16 * r + j];
+        }
+    }
+}
+
 /* pack (kc, 16) = rows [0, nn) of w (row stride ldw), columns [0, kc),
    transposed, zero past nn: the dx product's B operand (w.T). */
 static XDL_AVX2 void xdl_pack_transposed(float* pack, const float* w, long ldw, int nn, int kc) {
@@ -275,6 +364,8 @@ static void xdl_affine_dw_block(int N, int D, int M, const float* x, const float
                                 long pf_upto) {}
 static void xdl_conv_image(const float* xpad, int Wp, int OH, int OW, int K, const int* off,
                            const float* w, const float* bias, int F, float* out) {}
+static void xdl_conv_dw_image(const float* xpad, int Wp, int OH, int OW, int K, const int* off,
+                              const float* dconv, int F, float* dct, float* dw) {}
 #endif
 
 #endif  /* XDL_CPU_GEMM_H */

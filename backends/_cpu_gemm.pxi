@@ -3,8 +3,8 @@
 # in _cpu_gemm.h): a register tile of 6 rows by 16 columns, selected at run
 # time (the rest of the extension is built for baseline x86-64). They run
 # the affine layer's backward pass and the stride-1 convolution's forward
-# product (_conv_forward_image: the columns read in place from the padded
-# image, no im2col). For the affine layer: OpenBLAS's small-matrix calls, one per block of rows of w, re-packed dout
+# product and filter gradient (_conv_forward_image, _conv_backward_image:
+# the columns read in place from the padded image, no im2col). For the affine layer: OpenBLAS's small-matrix calls, one per block of rows of w, re-packed dout
 # for every call and left the block's rows of dw to be fetched from memory
 # on the first store; here dout is read in place, each block's rows of w
 # are packed transposed once, and the next block's rows of w and dw are
@@ -31,6 +31,8 @@ cdef extern from "_cpu_gemm.h":
                              long pf_upto) noexcept nogil
     void xdl_conv_image(const float* xpad, int Wp, int OH, int OW, int K, const int* off,
                         const float* w, const float* bias, int F, float* out) noexcept nogil
+    void xdl_conv_dw_image(const float* xpad, int Wp, int OH, int OW, int K, const int* off,
+                           const float* dconv, int F, float* dct, float* dw) noexcept nogil
 
 
 # Whether the AVX2 + FMA kernels are used: the CPU has both and

@@ -191,3 +191,34 @@ def test_strided_convolution_keeps_im2col(kern):
     out = kern.conv_forward(x, w, b, 2, 1, 6, 6)
     kern.set_simd_kernels(False)
     np.testing.assert_array_equal(kern.conv_forward(x, w, b, 2, 1, 6, 6), out)
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=["x".join(map(str, s)) for s in CONV_SHAPES])
+def test_conv_filter_gradient_without_im2col_matches_the_formula(kern, shape):
+    # Stride 1 in float32 takes dw from the padded image and dout transposed
+    # (xdl_conv_dw_image), with or without dx (which still goes through the
+    # columns' gradient): the float64 formula and the im2col path agree,
+    # and compute_dx does not change dw or db.
+    from xdl.backends import numpy_kernels
+    N, C, H, W, F, KH, KW, pad = shape
+    rng = np.random.RandomState(8)
+    x = rng.randn(N, C, H, W).astype(np.float32)
+    w = rng.randn(F, C, KH, KW).astype(np.float32)
+    OH, OW = H + 2 * pad - KH + 1, W + 2 * pad - KW + 1
+    dout = rng.randn(N, F, OH, OW).astype(np.float32)
+    dx, dw, db = kern.conv_backward(dout, x, w, 1, pad, OH, OW)
+    rdx, rdw, rdb = numpy_kernels.conv_backward(*(a.astype(np.float64) for a in (dout, x, w)),
+                                                1, pad, OH, OW)
+    terms = N * OH * OW
+    assert_close(dw, rdw, np.float32, atol=1e-4 * np.sqrt(terms))
+    assert_close(db, rdb, np.float32, atol=1e-4 * np.sqrt(terms))
+    assert_close(dx, rdx, np.float32, atol=1e-4 * np.sqrt(F * KH * KW))
+    none, dw_only, db_only = kern.conv_backward(dout, x, w, 1, pad, OH, OW, False)
+    assert none is None
+    np.testing.assert_array_equal(dw_only, dw)
+    np.testing.assert_array_equal(db_only, db)
+    kern.set_simd_kernels(False)
+    bdx, bdw, _ = kern.conv_backward(dout, x, w, 1, pad, OH, OW)
+    kern.set_simd_kernels(True)
+    np.testing.assert_array_equal(dx, bdx)  # dx keeps the columns' gradient path
+    np.testing.assert_allclose(dw, bdw, rtol=1e-4, atol=1e-5 * np.abs(bdw).max())
