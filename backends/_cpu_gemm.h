@@ -125,38 +125,55 @@ static XDL_AVX2 inline __attribute__((always_inline)) void xdl_tile(
     }
 }
 
+/* pack (kc, 16) = rows [0, nn) of w (row stride ldw), columns [0, kc),
+   transposed, zero past nn: the dx product's B operand (w.T), and a
+   convolution's dout transposed for its filter gradient. */
+static XDL_AVX2 void xdl_pack_transposed(float* pack, const float* w, long ldw, int nn, int kc) {
+    int j = 0;
+    for (; j + 8 <= nn; j += 8) {
+        int k = 0;
+        for (; k + 8 <= kc; k += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(w + (j + i) * ldw + k);
+            xdl_transpose(r);
+            for (int i = 0; i < 8; i++) _mm256_storeu_ps(pack + (k + i) * 16 + j, r[i]);
+        }
+        for (; k < kc; k++)
+            for (int i = 0; i < 8; i++) pack[k * 16 + j + i] = w[(j + i) * ldw + k];
+    }
+    for (int k = 0; k < kc; k++) {
+        for (int i = j; i < nn; i++) pack[k * 16 + i] = w[i * ldw + k];
+        for (int i = nn; i < 16; i++) pack[k * 16 + i] = 0;
+    }
+}
+
+/* CALL(MR, ...) with the constant MR = mr, for mr = 1..6: one inlined copy
+   of the tile per height. */
+#define XDL_BY_HEIGHT(mr, CALL, ...)                         \
+    switch (mr) {                                            \
+    case 6: CALL(6, __VA_ARGS__); break;                     \
+    case 5: CALL(5, __VA_ARGS__); break;                     \
+    case 4: CALL(4, __VA_ARGS__); break;                     \
+    case 3: CALL(3, __VA_ARGS__); break;                     \
+    case 2: CALL(2, __VA_ARGS__); break;                     \
+    default: CALL(1, __VA_ARGS__); break;                    \
+    }
+
 /* The tile for mr = 1..6 rows (B in rows of stride ldb). */
-#define XDL_TILE_ARGS kc, a, rsa, csa, b, ldb, NULL, c, ldc, nn, y, ldy, beta, NULL
 static XDL_AVX2 void xdl_tiles_of(int mr, int kc, const float* a, long rsa, long csa,
                                   const float* b, long ldb, float* c, long ldc, int nn,
                                   const float* y, long ldy, float beta) {
-    switch (mr) {
-    case 6: xdl_tile(6, 0, XDL_TILE_ARGS); break;
-    case 5: xdl_tile(5, 0, XDL_TILE_ARGS); break;
-    case 4: xdl_tile(4, 0, XDL_TILE_ARGS); break;
-    case 3: xdl_tile(3, 0, XDL_TILE_ARGS); break;
-    case 2: xdl_tile(2, 0, XDL_TILE_ARGS); break;
-    default: xdl_tile(1, 0, XDL_TILE_ARGS); break;
-    }
+    XDL_BY_HEIGHT(mr, xdl_tile, 0, kc, a, rsa, csa, b, ldb, NULL, c, ldc, nn, y, ldy, beta,
+                  NULL)
 }
-#undef XDL_TILE_ARGS
 
 /* The tile for mr = 1..6 rows with B's rows at b + off[k], from init (A
    row-major with row stride lda; no Y). */
-#define XDL_TILE_ARGS kc, a, lda, 1, b, 0, off, c, ldc, nn, NULL, 0, 0, init
 static XDL_AVX2 void xdl_gathered_tiles_of(int mr, int kc, const float* a, long lda,
                                            const float* b, const int* off, float* c, long ldc,
                                            int nn, const float* init) {
-    switch (mr) {
-    case 6: xdl_tile(6, 1, XDL_TILE_ARGS); break;
-    case 5: xdl_tile(5, 1, XDL_TILE_ARGS); break;
-    case 4: xdl_tile(4, 1, XDL_TILE_ARGS); break;
-    case 3: xdl_tile(3, 1, XDL_TILE_ARGS); break;
-    case 2: xdl_tile(2, 1, XDL_TILE_ARGS); break;
-    default: xdl_tile(1, 1, XDL_TILE_ARGS); break;
-    }
+    XDL_BY_HEIGHT(mr, xdl_tile, 1, kc, a, lda, 1, b, 0, off, c, ldc, nn, NULL, 0, 0, init)
 }
-#undef XDL_TILE_ARGS
 
 /* One image's stride-1 convolution: out (F, OH*OW) = w (F, K) @ columns + b,
    the columns read in place from the padded image xpad (C, Hp, Wp): row
@@ -221,14 +238,7 @@ static XDL_AVX2 inline __attribute__((always_inline)) void xdl_dw_tile(
 
 static XDL_AVX2 void xdl_dw_tiles_of(int mr, const float* xpad, int Wp, int OH, int OW,
                                      const int* off, const float* dct, float* t) {
-    switch (mr) {
-    case 6: xdl_dw_tile(6, xpad, Wp, OH, OW, off, dct, t); break;
-    case 5: xdl_dw_tile(5, xpad, Wp, OH, OW, off, dct, t); break;
-    case 4: xdl_dw_tile(4, xpad, Wp, OH, OW, off, dct, t); break;
-    case 3: xdl_dw_tile(3, xpad, Wp, OH, OW, off, dct, t); break;
-    case 2: xdl_dw_tile(2, xpad, Wp, OH, OW, off, dct, t); break;
-    default: xdl_dw_tile(1, xpad, Wp, OH, OW, off, dct, t); break;
-    }
+    XDL_BY_HEIGHT(mr, xdl_dw_tile, xpad, Wp, OH, OW, off, dct, t)
 }
 
 /* One image's stride-1 filter gradient: dw (F, K) = dconv (F, P) @ columns^T,
@@ -242,22 +252,8 @@ static XDL_AVX2 void xdl_conv_dw_image(const float* xpad, int Wp, int OH, int OW
     long P = (long)OH * OW;
     int panels = (F + 15) / 16, tiles = xdl_tiles(K);
     for (int pp = 0; pp < panels; pp++) {
-        float* d = dct + pp * P * 16;
-        for (int j8 = 0; j8 < 16; j8 += 8) {
-            int f0 = 16 * pp + j8, nf = F - f0 < 8 ? F - f0 : 8;
-            long q = 0;
-            if (nf == 8) {
-                for (; q + 8 <= P; q += 8) {
-                    __m256 r[8];
-                    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(dconv + (f0 + i) * P + q);
-                    xdl_transpose(r);
-                    for (int i = 0; i < 8; i++) _mm256_storeu_ps(d + (q + i) * 16 + j8, r[i]);
-                }
-            }
-            for (; q < P; q++)
-                for (int i = 0; i < 8; i++)
-                    d[q * 16 + j8 + i] = i < nf ? dconv[(f0 + i) * P + q] : 0;
-        }
+        int nf = F - 16 * pp < 16 ? F - 16 * pp : 16;
+        xdl_pack_transposed(dct + pp * P * 16, dconv + 16 * pp * P, P, nf, (int)P);
     }
     for (int pp = 0; pp < panels; pp++) {
         int f0 = 16 * pp, nf = F - f0 < 16 ? F - f0 : 16;
@@ -269,27 +265,6 @@ static XDL_AVX2 void xdl_conv_dw_image(const float* xpad, int Wp, int OH, int OW
                 for (int r = 0; r < k1 - k0; r++)
                     dw[(long)(f0 + j) * K + k0 + r] = tile[16 * r + j];
         }
-    }
-}
-
-/* pack (kc, 16) = rows [0, nn) of w (row stride ldw), columns [0, kc),
-   transposed, zero past nn: the dx product's B operand (w.T). */
-static XDL_AVX2 void xdl_pack_transposed(float* pack, const float* w, long ldw, int nn, int kc) {
-    int j = 0;
-    for (; j + 8 <= nn; j += 8) {
-        int k = 0;
-        for (; k + 8 <= kc; k += 8) {
-            __m256 r[8];
-            for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(w + (j + i) * ldw + k);
-            xdl_transpose(r);
-            for (int i = 0; i < 8; i++) _mm256_storeu_ps(pack + (k + i) * 16 + j, r[i]);
-        }
-        for (; k < kc; k++)
-            for (int i = 0; i < 8; i++) pack[k * 16 + j + i] = w[(j + i) * ldw + k];
-    }
-    for (int k = 0; k < kc; k++) {
-        for (int i = j; i < nn; i++) pack[k * 16 + i] = w[i * ldw + k];
-        for (int i = nn; i < 16; i++) pack[k * 16 + i] = 0;
     }
 }
 

@@ -155,17 +155,23 @@ CONV_SHAPES = [(2, 3, 32, 32, 32, 7, 7, 3), (3, 2, 9, 13, 7, 3, 3, 1),
                (2, 4, 20, 37, 13, 5, 5, 2), (2, 3, 8, 8, 6, 3, 3, 0), (2, 5, 6, 6, 4, 1, 1, 0)]
 
 
+def _conv_inputs(shape, seed):
+    """x, w (float32), the generator for more, and the output size (OH, OW) of a stride-1 case."""
+    N, C, H, W, F, KH, KW, pad = shape
+    rng = np.random.RandomState(seed)
+    x = rng.randn(N, C, H, W).astype(np.float32)
+    w = rng.randn(F, C, KH, KW).astype(np.float32)
+    return x, w, rng, (H + 2 * pad - KH + 1, W + 2 * pad - KW + 1)
+
+
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=["x".join(map(str, s)) for s in CONV_SHAPES])
 def test_conv_forward_without_im2col_matches_the_formula(kern, shape):
     # Stride 1 in float32 reads the columns in place from the padded image
     # (xdl_conv_image); the float64 formula and the im2col path agree.
     from xdl.backends import numpy_kernels
     N, C, H, W, F, KH, KW, pad = shape
-    rng = np.random.RandomState(4)
-    x = rng.randn(N, C, H, W).astype(np.float32)
-    w = rng.randn(F, C, KH, KW).astype(np.float32)
+    x, w, rng, (OH, OW) = _conv_inputs(shape, 4)
     b = rng.randn(F).astype(np.float32)
-    OH, OW = H + 2 * pad - KH + 1, W + 2 * pad - KW + 1
     out = kern.conv_forward(x, w, b, 1, pad, OH, OW)
     ref = numpy_kernels.conv_forward(*(a.astype(np.float64) for a in (x, w, b)), 1, pad, OH, OW)
     assert out.dtype == np.float32
@@ -201,10 +207,7 @@ def test_conv_filter_gradient_without_im2col_matches_the_formula(kern, shape):
     # and compute_dx does not change dw or db.
     from xdl.backends import numpy_kernels
     N, C, H, W, F, KH, KW, pad = shape
-    rng = np.random.RandomState(8)
-    x = rng.randn(N, C, H, W).astype(np.float32)
-    w = rng.randn(F, C, KH, KW).astype(np.float32)
-    OH, OW = H + 2 * pad - KH + 1, W + 2 * pad - KW + 1
+    x, w, rng, (OH, OW) = _conv_inputs(shape, 8)
     dout = rng.randn(N, F, OH, OW).astype(np.float32)
     dx, dw, db = kern.conv_backward(dout, x, w, 1, pad, OH, OW)
     rdx, rdw, rdb = numpy_kernels.conv_backward(*(a.astype(np.float64) for a in (dout, x, w)),
