@@ -237,52 +237,56 @@ cdef void _col2im_image(const floating* cols, Py_ssize_t ld, floating* dx,
 
 
 cdef bint _gathered_conv(ConvShape s) noexcept nogil:
-    # Whether _conv_forward_image reads a float32 image's columns in place
-    # (_cpu_gemm.h, xdl_conv_image): AVX2 + FMA, stride 1, and the image's
-    # padded copy, 16 spare floats and the K row offsets fit in the space
-    # of its columns (always but for some 1x1 convolutions).
+    # Whether _conv_forward_image reads an image's columns in place
+    # (_cpu_gemm_typed.h, xdl_conv_image): AVX2 + FMA, stride 1, and the
+    # image's padded copy, 16 spare elements and the K row offsets fit in
+    # the space of its columns (always but for some 1x1 convolutions).
     return (_simd_kernels and s.stride == 1 and
             <Py_ssize_t>s.C * (s.H + 2 * s.pad) * (s.W + 2 * s.pad) + 16 + s.K
             <= _aligned(<Py_ssize_t>s.K * s.P))
 
 
-cdef void _padded_columns(const float* x, float* xpad, int* off, ConvShape s) noexcept nogil:
+cdef void _padded_columns(const floating* x, floating* xpad, int* off, ConvShape s) noexcept nogil:
     # The image's columns, to be read in place: xpad (C, Hp, Wp) padded with
     # 16 zeros past its end (which a last panel's spare lanes read), and the
     # offset in xpad of each row k = (c, kh, kw) of the columns.
     cdef Py_ssize_t Hp = s.H + 2 * s.pad, Wp = s.W + 2 * s.pad
     cdef int c, kh, kw
     _pad_image(x, xpad, s)
-    memset(xpad + <Py_ssize_t>s.C * Hp * Wp, 0, 16 * sizeof(float))
+    memset(xpad + <Py_ssize_t>s.C * Hp * Wp, 0, 16 * sizeof(floating))
     for c in range(s.C):
         for kh in range(s.KH):
             for kw in range(s.KW):
                 off[(c * s.KH + kh) * s.KW + kw] = <int>((c * Hp + kh) * Wp + kw)
 
 
-cdef void _gathered_conv_image(const float* x, const float* w, const float* b, float* out,
-                               float* cols, ConvShape s) noexcept nogil:
+cdef inline int* _column_offsets(floating* cols, ConvShape s) noexcept nogil:
+    # Where the row offsets go in the space of cols: after the padded copy
+    # and its 16 spare elements.
+    return <int*>(cols + <Py_ssize_t>s.C * (s.H + 2 * s.pad) * (s.W + 2 * s.pad) + 16)
+
+
+cdef void _gathered_conv_image(const floating* x, const floating* w, const floating* b,
+                               floating* out, floating* cols, ConvShape s) noexcept nogil:
     # out (F, P) = w (F, K) @ columns + b without im2col: the padded image
     # and the row offsets of its columns in the space of cols.
-    cdef Py_ssize_t Wp = s.W + 2 * s.pad
-    cdef int* off = <int*>(cols + <Py_ssize_t>s.C * (s.H + 2 * s.pad) * Wp + 16)
+    cdef int* off = _column_offsets(cols, s)
     _padded_columns(x, cols, off, s)
-    xdl_conv_image(cols, <int>Wp, s.OH, s.OW, s.K, off, w, b, s.F, out)
+    _xdl_conv_image(cols, s.W + 2 * s.pad, s.OH, s.OW, s.K, off, w, b, s.F, out)
 
 
 cdef void _conv_forward_image(const floating* x, const floating* w, const floating* b,
                               floating* out, floating* cols, ConvShape s) noexcept nogil:
     # out (F, P) = w (F, K) @ cols (K, P) + b, band by band of s.bh output
-    # rows: im2col of the band, then its product by tiles of fb x pb. In
-    # float32 on AVX2 + FMA, stride 1: no im2col (_gathered_conv_image).
+    # rows: im2col of the band, then its product by tiles of fb x pb. On
+    # AVX2 + FMA, stride 1: no im2col (_gathered_conv_image).
     cdef Py_ssize_t f0, p0, f, p, q0, bp
     cdef int fn, pn, oh0, oh1
     cdef floating bias
     cdef floating* o
-    if floating is float:
-        if _gathered_conv(s):
-            _gathered_conv_image(x, w, b, out, cols, s)
-            return
+    if _gathered_conv(s):
+        _gathered_conv_image(x, w, b, out, cols, s)
+        return
     cdef const floating* src = _padded_source(x, cols + _aligned(<Py_ssize_t>s.K * s.P), s)
     oh0 = 0
     while oh0 < s.OH:
@@ -333,27 +337,26 @@ cdef floating _sum(const floating* d, Py_ssize_t n) noexcept nogil:
     return part[0]
 
 
-cdef bint _gathered_conv_dw(ConvShape s) noexcept nogil:
-    # Whether _conv_backward_image takes a float32 image's filter gradient
-    # with the columns read in place (_cpu_gemm.h, xdl_conv_dw_image): as
-    # _gathered_conv, with room in the columns' space for dout transposed
-    # (ceil(F/16) panels of P x 16) too.
+cdef bint _gathered_conv_dw(ConvShape s, int panel) noexcept nogil:
+    # Whether _conv_backward_image takes an image's filter gradient with the
+    # columns read in place (xdl_conv_dw_image): as _gathered_conv, with
+    # room in the columns' space for dout transposed (panels of `panel`
+    # filters by P) too.
     return (_gathered_conv(s) and
             <Py_ssize_t>s.C * (s.H + 2 * s.pad) * (s.W + 2 * s.pad) + 16 + s.K
-            + <Py_ssize_t>((s.F + 15) // 16) * 16 * s.P <= _aligned(<Py_ssize_t>s.K * s.P))
+            + <Py_ssize_t>((s.F + panel - 1) // panel) * panel * s.P
+            <= _aligned(<Py_ssize_t>s.K * s.P))
 
 
-cdef void _gathered_conv_dw_image(const float* x, const float* dout, float* dw,
-                                  float* cols, ConvShape s) noexcept nogil:
+cdef void _gathered_conv_dw_image(const floating* x, const floating* dout, floating* dw,
+                                  floating* cols, ConvShape s) noexcept nogil:
     # dw (F, K) = dout (F, P) @ columns^T without im2col: the padded image
     # (16 zeros past its end), the row offsets and dout transposed in the
     # space of cols.
-    cdef Py_ssize_t Hp = s.H + 2 * s.pad, Wp = s.W + 2 * s.pad
-    cdef Py_ssize_t padded = <Py_ssize_t>s.C * Hp * Wp
-    cdef int* off = <int*>(cols + padded + 16)
-    cdef float* dct = cols + padded + 16 + s.K
+    cdef int* off = _column_offsets(cols, s)
+    cdef floating* dct = <floating*>off + s.K
     _padded_columns(x, cols, off, s)
-    xdl_conv_dw_image(cols, <int>Wp, s.OH, s.OW, s.K, off, dout, s.F, dct, dw)
+    _xdl_conv_dw_image(cols, s.W + 2 * s.pad, s.OH, s.OW, s.K, off, dout, s.F, dct, dw)
 
 
 cdef void _conv_backward_image(const floating* x, const floating* w, const floating* dout,
@@ -363,15 +366,14 @@ cdef void _conv_backward_image(const floating* x, const floating* w, const float
     # dcols (K, P) = w^T @ dout, folded back into dx (C, H, W) unless dx is
     # NULL. Band by band of s.bh output rows: im2col of the band, its part
     # of dw, then (in the band's buffer) its column gradient, added into dx.
-    # In float32 on AVX2 + FMA, stride 1, dw is taken first without im2col
+    # On AVX2 + FMA, stride 1, dw is taken first without im2col
     # (_gathered_conv_dw_image), and the bands only fold dx back.
     cdef Py_ssize_t f0, p0, k0, f, q0, bp
     cdef int fn, pn, kn, oh0, oh1
-    cdef bint gathered = False
-    if floating is float:
-        gathered = _gathered_conv_dw(s)
-        if gathered:
-            _gathered_conv_dw_image(x, dout, dw, cols, s)
+    # panels of 2 vectors: 16 floats or 8 doubles
+    cdef bint gathered = _gathered_conv_dw(s, 64 // sizeof(floating))
+    if gathered:
+        _gathered_conv_dw_image(x, dout, dw, cols, s)
     for f in range(s.F):
         db[f] = _sum(dout + f * s.P, s.P)
     if gathered and dx == NULL:

@@ -29,10 +29,32 @@ cdef extern from "_cpu_gemm.h":
                              const float* dout, const float* dout_tail, float* dw, float reg,
                              int d0, int dn, float* scratch, xdl_prefetch* pf,
                              long pf_upto) noexcept nogil
-    void xdl_conv_image(const float* xpad, int Wp, int OH, int OW, int K, const int* off,
-                        const float* w, const float* bias, int F, float* out) noexcept nogil
-    void xdl_conv_dw_image(const float* xpad, int Wp, int OH, int OW, int K, const int* off,
-                           const float* dconv, int F, float* dct, float* dw) noexcept nogil
+    void xdl_conv_image_s(const float* xpad, int Wp, int OH, int OW, int K, const int* off,
+                          const float* w, const float* bias, int F, float* out) noexcept nogil
+    void xdl_conv_dw_image_s(const float* xpad, int Wp, int OH, int OW, int K, const int* off,
+                             const float* dconv, int F, float* dct, float* dw) noexcept nogil
+    void xdl_conv_image_d(const double* xpad, int Wp, int OH, int OW, int K, const int* off,
+                          const double* w, const double* bias, int F, double* out) noexcept nogil
+    void xdl_conv_dw_image_d(const double* xpad, int Wp, int OH, int OW, int K, const int* off,
+                             const double* dconv, int F, double* dct, double* dw) noexcept nogil
+
+
+cdef inline void _xdl_conv_image(const floating* xpad, int Wp, int OH, int OW, int K,
+                                 const int* off, const floating* w, const floating* bias, int F,
+                                 floating* out) noexcept nogil:
+    if floating is float:
+        xdl_conv_image_s(xpad, Wp, OH, OW, K, off, w, bias, F, out)
+    else:
+        xdl_conv_image_d(xpad, Wp, OH, OW, K, off, w, bias, F, out)
+
+
+cdef inline void _xdl_conv_dw_image(const floating* xpad, int Wp, int OH, int OW, int K,
+                                    const int* off, const floating* dconv, int F, floating* dct,
+                                    floating* dw) noexcept nogil:
+    if floating is float:
+        xdl_conv_dw_image_s(xpad, Wp, OH, OW, K, off, dconv, F, dct, dw)
+    else:
+        xdl_conv_dw_image_d(xpad, Wp, OH, OW, K, off, dconv, F, dct, dw)
 
 
 # Whether the AVX2 + FMA kernels are used: the CPU has both and

@@ -1,12 +1,16 @@
-"""The float32 AVX2 + FMA kernels of the affine layer's backward pass
-(backends/_cpu_gemm.pxi), against float64 products and against the OpenBLAS
-path they replace (``set_simd_kernels(False)``).
+"""Our own AVX2 + FMA kernels (backends/_cpu_gemm.h): the float32 affine
+layer's backward pass, against float64 products and against the OpenBLAS
+path they replace (``set_simd_kernels(False)``), and the stride-1
+convolution without im2col (float32 and float64), against the float64
+formula and the im2col path.
 
 The shapes cover every edge of the kernels: rows of dout and of w that are
 not multiples of the 6-row register tile, widths that are not multiples of
 its 16 columns, dx's sum over more than 256 columns of dout (summed 256 at a
 time) and dw's over more than 256 rows (the same), blocks of w of 48 rows
-with a short last one.
+with a short last one; output rows shorter than a panel or not a multiple
+of it, filter counts that are not multiples of the tile, no padding, and the
+1x1 convolution that keeps im2col.
 
 numpy-only, like test_cpu_fused.py: these kernels exist only for host arrays.
 """
@@ -155,31 +159,37 @@ CONV_SHAPES = [(2, 3, 32, 32, 32, 7, 7, 3), (3, 2, 9, 13, 7, 3, 3, 1),
                (2, 4, 20, 37, 13, 5, 5, 2), (2, 3, 8, 8, 6, 3, 3, 0), (2, 5, 6, 6, 4, 1, 1, 0)]
 
 
-def _conv_inputs(shape, seed):
-    """x, w (float32), the generator for more, and the output size (OH, OW) of a stride-1 case."""
+def _conv_inputs(shape, seed, dtype):
+    """x, w, the generator for more, and the output size (OH, OW) of a stride-1 case."""
     N, C, H, W, F, KH, KW, pad = shape
     rng = np.random.RandomState(seed)
-    x = rng.randn(N, C, H, W).astype(np.float32)
-    w = rng.randn(F, C, KH, KW).astype(np.float32)
+    x = rng.randn(N, C, H, W).astype(dtype)
+    w = rng.randn(F, C, KH, KW).astype(dtype)
     return x, w, rng, (H + 2 * pad - KH + 1, W + 2 * pad - KW + 1)
 
 
+# Rounding of a sum of n float32 / float64 terms of unit scale, as an absolute tolerance.
+SUM_TOL = {np.float32: 1e-4, np.float64: 1e-12}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=["x".join(map(str, s)) for s in CONV_SHAPES])
-def test_conv_forward_without_im2col_matches_the_formula(kern, shape):
-    # Stride 1 in float32 reads the columns in place from the padded image
+def test_conv_forward_without_im2col_matches_the_formula(kern, shape, dtype):
+    # Stride 1 reads the columns in place from the padded image
     # (xdl_conv_image); the float64 formula and the im2col path agree.
     from xdl.backends import numpy_kernels
     N, C, H, W, F, KH, KW, pad = shape
-    x, w, rng, (OH, OW) = _conv_inputs(shape, 4)
-    b = rng.randn(F).astype(np.float32)
+    x, w, rng, (OH, OW) = _conv_inputs(shape, 4, dtype)
+    b = rng.randn(F).astype(dtype)
     out = kern.conv_forward(x, w, b, 1, pad, OH, OW)
     ref = numpy_kernels.conv_forward(*(a.astype(np.float64) for a in (x, w, b)), 1, pad, OH, OW)
-    assert out.dtype == np.float32
-    assert_close(out, ref, np.float32, atol=1e-4 * np.sqrt(C * KH * KW))
+    assert out.dtype == dtype
+    tol = SUM_TOL[dtype] * np.sqrt(C * KH * KW)
+    np.testing.assert_allclose(out, ref, rtol=tol, atol=tol)
     kern.set_simd_kernels(False)
     blas = kern.conv_forward(x, w, b, 1, pad, OH, OW)
     kern.set_simd_kernels(True)
-    np.testing.assert_allclose(out, blas, rtol=1e-5, atol=1e-5 * np.abs(blas).max())
+    np.testing.assert_allclose(out, blas, rtol=tol, atol=tol * np.abs(blas).max())
     # the fused layer takes the same per-image convolution: the same bits
     # as the unfused chain (conv, pool, ReLU)
     if OH % 2 == 0 and OW % 2 == 0:
@@ -199,23 +209,25 @@ def test_strided_convolution_keeps_im2col(kern):
     np.testing.assert_array_equal(kern.conv_forward(x, w, b, 2, 1, 6, 6), out)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=["x".join(map(str, s)) for s in CONV_SHAPES])
-def test_conv_filter_gradient_without_im2col_matches_the_formula(kern, shape):
-    # Stride 1 in float32 takes dw from the padded image and dout transposed
+def test_conv_filter_gradient_without_im2col_matches_the_formula(kern, shape, dtype):
+    # Stride 1 takes dw from the padded image and dout transposed
     # (xdl_conv_dw_image), with or without dx (which still goes through the
     # columns' gradient): the float64 formula and the im2col path agree,
     # and compute_dx does not change dw or db.
     from xdl.backends import numpy_kernels
     N, C, H, W, F, KH, KW, pad = shape
-    x, w, rng, (OH, OW) = _conv_inputs(shape, 8)
-    dout = rng.randn(N, F, OH, OW).astype(np.float32)
+    x, w, rng, (OH, OW) = _conv_inputs(shape, 8, dtype)
+    dout = rng.randn(N, F, OH, OW).astype(dtype)
     dx, dw, db = kern.conv_backward(dout, x, w, 1, pad, OH, OW)
     rdx, rdw, rdb = numpy_kernels.conv_backward(*(a.astype(np.float64) for a in (dout, x, w)),
                                                 1, pad, OH, OW)
-    terms = N * OH * OW
-    assert_close(dw, rdw, np.float32, atol=1e-4 * np.sqrt(terms))
-    assert_close(db, rdb, np.float32, atol=1e-4 * np.sqrt(terms))
-    assert_close(dx, rdx, np.float32, atol=1e-4 * np.sqrt(F * KH * KW))
+    terms = SUM_TOL[dtype] * np.sqrt(N * OH * OW)
+    for got, ref, tol in ((dw, rdw, terms), (db, rdb, terms),
+                          (dx, rdx, SUM_TOL[dtype] * np.sqrt(F * KH * KW))):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
     none, dw_only, db_only = kern.conv_backward(dout, x, w, 1, pad, OH, OW, False)
     assert none is None
     np.testing.assert_array_equal(dw_only, dw)
@@ -224,4 +236,4 @@ def test_conv_filter_gradient_without_im2col_matches_the_formula(kern, shape):
     bdx, bdw, _ = kern.conv_backward(dout, x, w, 1, pad, OH, OW)
     kern.set_simd_kernels(True)
     np.testing.assert_array_equal(dx, bdx)  # dx keeps the columns' gradient path
-    np.testing.assert_allclose(dw, bdw, rtol=1e-4, atol=1e-5 * np.abs(bdw).max())
+    np.testing.assert_allclose(dw, bdw, rtol=terms, atol=terms * np.abs(bdw).max())
