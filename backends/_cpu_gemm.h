@@ -1,16 +1,18 @@
 /* Matrix-product kernels on CPUs with AVX2 and FMA (used by
    _cpu_gemm.pxi; xdl/DESIGN.md, "The CPU kernels", has the measurements).
 
-   float32 dx = dout @ w.T and dw = x.T @ dout + reg * w, one block of rows
-   of w at a time, and a stride-1 convolution's forward product and filter
-   gradient without im2col, on a register tile of 6 rows by 16 columns: a broadcast
-   element of one operand times two vectors of 8 of the other, summed in 12
-   accumulators. The rest of the extension is built for baseline x86-64;
-   these functions carry target("avx2,fma") and are called only when
-   xdl_cpu_has_avx2_fma() says the CPU has both. (The same kernels for
-   double, 6 x 8, were no faster than OpenBLAS here: 20.2-20.4 against
-   20.3-20.8 ms on one thread, 10.8-10.9 against 10.3-10.5 ms on two, for
-   the CNN's 8192 x 500 layer.) */
+   A register tile of 6 rows by 2 vectors (16 floats, 8 doubles): a
+   broadcast element of one operand times two vectors of the other, summed
+   in 12 accumulators. It runs the float32 affine layer's backward products,
+   dx = dout @ w.T and dw = x.T @ dout + reg * w, one block of rows of w at
+   a time (the same kernels in float64 were no faster than OpenBLAS here:
+   20.2-20.4 against 20.3-20.8 ms on one thread, 10.8-10.9 against 10.3-10.5
+   ms on two, for the CNN's 8192 x 500 layer), and a stride-1 convolution's
+   forward product and filter gradient without im2col, in both types
+   (_cpu_gemm_typed.h, included here once per type). The rest of the
+   extension is built for baseline x86-64; these functions carry
+   target("avx2,fma") and are called only when xdl_cpu_has_avx2_fma() says
+   the CPU has both. */
 #ifndef XDL_CPU_GEMM_H
 #define XDL_CPU_GEMM_H
 

@@ -1,10 +1,12 @@
-# Our own float32 matrix-product kernels on CPUs with AVX2 and FMA
-# (included by _cpu_kernels.pyx before the kernels that use them; the C is
-# in _cpu_gemm.h): a register tile of 6 rows by 16 columns, selected at run
-# time (the rest of the extension is built for baseline x86-64). They run
-# the affine layer's backward pass and the stride-1 convolution's forward
-# product and filter gradient (_conv_forward_image, _conv_backward_image:
-# the columns read in place from the padded image, no im2col). For the affine layer: OpenBLAS's small-matrix calls, one per block of rows of w, re-packed dout
+# Our own matrix-product kernels on CPUs with AVX2 and FMA (included by
+# _cpu_kernels.pyx before the kernels that use them; the C is in
+# _cpu_gemm.h and _cpu_gemm_typed.h): a register tile of 6 rows by 2
+# vectors, selected at run time (the rest of the extension is built for
+# baseline x86-64). They run the float32 affine layer's backward pass and
+# the stride-1 convolution's forward product and filter gradient in both
+# float types (_conv_forward_image, _conv_backward_image: the columns read
+# in place from the padded image, no im2col). For the affine layer:
+# OpenBLAS's small-matrix calls, one per block of rows of w, re-packed dout
 # for every call and left the block's rows of dw to be fetched from memory
 # on the first store; here dout is read in place, each block's rows of w
 # are packed transposed once, and the next block's rows of w and dw are
@@ -64,7 +66,7 @@ cdef bint _simd_kernels = xdl_cpu_has_avx2_fma()
 
 
 def simd_kernels_available():
-    """True when this CPU has AVX2 and FMA, which the float32 kernels of _cpu_gemm.h need."""
+    """True when this CPU has AVX2 and FMA, which the kernels of _cpu_gemm.h need."""
     return bool(xdl_cpu_has_avx2_fma())
 
 

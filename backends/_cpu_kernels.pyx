@@ -16,8 +16,8 @@ sharing this module's namespace:
 - ``_cpu_pool.pxi``: maxpool_forward, maxpool_backward;
 - ``_cpu_elementwise.pxi``: sgd, sgd_momentum, rmsprop, adam, adamw,
   sum_of_squares, axpy;
-- ``_cpu_gemm.pxi``: float32 matrix-product kernels with AVX2 + FMA (selected
-  at run time) for affine_backward and the stride-1 convolution's forward;
+- ``_cpu_gemm.pxi``: matrix-product kernels with AVX2 + FMA (selected at run
+  time): float32 affine_backward, the stride-1 convolution without im2col;
 - ``_cpu_matmul.pxi``: matmul;
 - ``_cpu_affine.pxi``: affine_backward (dx and dw in one sweep over w);
 - ``_cpu_conv_relu_pool.pxi``: conv_relu_pool_forward, conv_relu_pool_backward
