@@ -359,6 +359,48 @@ cdef void _gathered_conv_dw_image(const floating* x, const floating* dout, float
     _xdl_conv_dw_image(cols, s.W + 2 * s.pad, s.OH, s.OW, s.K, off, dout, s.F, dct, dw)
 
 
+cdef bint _gathered_conv_dx(ConvShape s) noexcept nogil:
+    # Whether _conv_backward_image takes dx as the stride-1 convolution of
+    # dout, padded by KH-1-pad rows and KW-1-pad columns, with the filters
+    # flipped and their two channel axes swapped (xdl_conv_image, no
+    # col2im): padding no larger than the filter less one, and the padded
+    # dout (16 spare elements), the row offsets, the flipped filters and C
+    # zeros (the bias) in the space of the image's columns.
+    cdef Py_ssize_t Kt = <Py_ssize_t>s.F * s.KH * s.KW
+    cdef Py_ssize_t Hd = s.OH + 2 * (s.KH - 1 - s.pad), Wd = s.OW + 2 * (s.KW - 1 - s.pad)
+    return (_gathered_conv(s) and s.pad <= s.KH - 1 and s.pad <= s.KW - 1 and
+            s.F * Hd * Wd + 16 + Kt + s.C * Kt + s.C <= _aligned(<Py_ssize_t>s.K * s.P))
+
+
+cdef void _gathered_conv_dx_image(const floating* w, const floating* dout, floating* dx,
+                                  floating* cols, ConvShape s) noexcept nogil:
+    # dx (C, H, W) = the stride-1 convolution of dout padded by (KH-1-pad,
+    # KW-1-pad) with wt[c, (f, kh, kw)] = w[f, c, KH-1-kh, KW-1-kw], read in
+    # place as in _gathered_conv_image.
+    cdef int ph = s.KH - 1 - s.pad, pw = s.KW - 1 - s.pad
+    cdef Py_ssize_t Hd = s.OH + 2 * ph, Wd = s.OW + 2 * pw
+    cdef Py_ssize_t Kt = <Py_ssize_t>s.F * s.KH * s.KW, padded = s.F * Hd * Wd
+    cdef Py_ssize_t f, c, h, kh, kw, j
+    cdef int* off = <int*>(cols + padded + 16)
+    cdef floating* wt = cols + padded + 16 + Kt
+    cdef floating* zeros = wt + s.C * Kt
+    memset(cols, 0, <size_t>(padded + 16) * sizeof(floating))
+    for f in range(s.F):
+        for h in range(s.OH):
+            memcpy(cols + (f * Hd + h + ph) * Wd + pw, dout + (f * s.OH + h) * s.OW,
+                   <size_t>s.OW * sizeof(floating))
+    for f in range(s.F):
+        for kh in range(s.KH):
+            for kw in range(s.KW):
+                j = (f * s.KH + kh) * s.KW + kw
+                off[j] = <int>((f * Hd + kh) * Wd + kw)
+                for c in range(s.C):
+                    wt[c * Kt + j] = w[((f * s.C + c) * s.KH + s.KH - 1 - kh) * s.KW
+                                       + s.KW - 1 - kw]
+    memset(zeros, 0, <size_t>s.C * sizeof(floating))
+    _xdl_conv_image(cols, <int>Wd, s.H, s.W, <int>Kt, off, wt, zeros, s.C, dx)
+
+
 cdef void _conv_backward_image(const floating* x, const floating* w, const floating* dout,
                                floating* dx, floating* dw, floating* db, floating* cols,
                                ConvShape s) noexcept nogil:
@@ -367,7 +409,8 @@ cdef void _conv_backward_image(const floating* x, const floating* w, const float
     # NULL. Band by band of s.bh output rows: im2col of the band, its part
     # of dw, then (in the band's buffer) its column gradient, added into dx.
     # On AVX2 + FMA, stride 1, dw is taken first without im2col
-    # (_gathered_conv_dw_image), and the bands only fold dx back.
+    # (_gathered_conv_dw_image), then dx without col2im
+    # (_gathered_conv_dx_image) where the padding allows, else by the bands.
     cdef Py_ssize_t f0, p0, k0, f, q0, bp
     cdef int fn, pn, kn, oh0, oh1
     # panels of 2 vectors: 16 floats or 8 doubles
@@ -377,6 +420,9 @@ cdef void _conv_backward_image(const floating* x, const floating* w, const float
     for f in range(s.F):
         db[f] = _sum(dout + f * s.P, s.P)
     if gathered and dx == NULL:
+        return
+    if gathered and _gathered_conv_dx(s):
+        _gathered_conv_dx_image(w, dout, dx, cols, s)
         return
     cdef const floating* src = _padded_source(x, cols + _aligned(<Py_ssize_t>s.K * s.P), s)
     if dx != NULL:
