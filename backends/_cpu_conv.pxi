@@ -236,14 +236,19 @@ cdef void _col2im_image(const floating* cols, Py_ssize_t ld, floating* dx,
     _col2im_rows(cols, ld, dx, s, 0, s.OH)
 
 
-cdef bint _gathered_conv(ConvShape s) noexcept nogil:
+cdef inline Py_ssize_t _padded_elements(ConvShape s) noexcept nogil:
+    # Elements of one zero-padded image (C, H + 2*pad, W + 2*pad), unrounded.
+    return <Py_ssize_t>s.C * (s.H + 2 * s.pad) * (s.W + 2 * s.pad)
+
+
+cdef bint _gathered_conv(ConvShape s, Py_ssize_t extra=0) noexcept nogil:
     # Whether _conv_forward_image reads an image's columns in place
     # (_cpu_gemm_typed.h, xdl_conv_image): AVX2 + FMA, stride 1, and the
-    # image's padded copy, 16 spare elements and the K row offsets fit in
-    # the space of its columns (always but for some 1x1 convolutions).
+    # image's padded copy, 16 spare elements, the K row offsets and `extra`
+    # more elements fit in the space of its columns (always but for some
+    # 1x1 convolutions).
     return (_simd_kernels and s.stride == 1 and
-            <Py_ssize_t>s.C * (s.H + 2 * s.pad) * (s.W + 2 * s.pad) + 16 + s.K
-            <= _aligned(<Py_ssize_t>s.K * s.P))
+            _padded_elements(s) + 16 + s.K + extra <= _aligned(<Py_ssize_t>s.K * s.P))
 
 
 cdef void _padded_columns(const floating* x, floating* xpad, int* off, ConvShape s) noexcept nogil:
@@ -253,7 +258,7 @@ cdef void _padded_columns(const floating* x, floating* xpad, int* off, ConvShape
     cdef Py_ssize_t Hp = s.H + 2 * s.pad, Wp = s.W + 2 * s.pad
     cdef int c, kh, kw
     _pad_image(x, xpad, s)
-    memset(xpad + <Py_ssize_t>s.C * Hp * Wp, 0, 16 * sizeof(floating))
+    memset(xpad + _padded_elements(s), 0, 16 * sizeof(floating))
     for c in range(s.C):
         for kh in range(s.KH):
             for kw in range(s.KW):
@@ -263,7 +268,7 @@ cdef void _padded_columns(const floating* x, floating* xpad, int* off, ConvShape
 cdef inline int* _column_offsets(floating* cols, ConvShape s) noexcept nogil:
     # Where the row offsets go in the space of cols: after the padded copy
     # and its 16 spare elements.
-    return <int*>(cols + <Py_ssize_t>s.C * (s.H + 2 * s.pad) * (s.W + 2 * s.pad) + 16)
+    return <int*>(cols + _padded_elements(s) + 16)
 
 
 cdef void _gathered_conv_image(const floating* x, const floating* w, const floating* b,
@@ -342,10 +347,7 @@ cdef bint _gathered_conv_dw(ConvShape s, int panel) noexcept nogil:
     # columns read in place (xdl_conv_dw_image): as _gathered_conv, with
     # room in the columns' space for dout transposed (panels of `panel`
     # filters by P) too.
-    return (_gathered_conv(s) and
-            <Py_ssize_t>s.C * (s.H + 2 * s.pad) * (s.W + 2 * s.pad) + 16 + s.K
-            + <Py_ssize_t>((s.F + panel - 1) // panel) * panel * s.P
-            <= _aligned(<Py_ssize_t>s.K * s.P))
+    return _gathered_conv(s, <Py_ssize_t>((s.F + panel - 1) // panel) * panel * s.P)
 
 
 cdef void _gathered_conv_dw_image(const floating* x, const floating* dout, floating* dw,

@@ -130,7 +130,11 @@ def handoff_claim(long long[::1] state):
 
 
 def handoff_finished(long long[::1] state, long long[::1] running):
-    """A worker finished its part of the call: it will spin for the next one."""
+    """
+    A worker finished its part of the call: it will spin for the next one.
+    The state comes first, so a caller that sees the counter reach 0 finds
+    the worker claimable.
+    """
     xdl_store(&state[0], XDL_SPINNING)
     xdl_add(&running[0], -1)
 

@@ -88,7 +88,7 @@ class Team:
                 work.run(tid)
             except BaseException as exc:  # re-raised by the caller
                 self._errors.append(exc)
-            work = None
+            work = None  # not kept alive while this thread waits
             finished(state, self._running)
             spin = 0.0 if self._oversubscribed else SPIN_SECONDS
             work = self._current if next_call(state, spin) else inbox.get()

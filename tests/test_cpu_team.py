@@ -75,7 +75,7 @@ def test_a_worker_error_reaches_the_caller_and_the_team_goes_on(team):
     assert sorted(call.tids) == [0, 1]
 
 
-def test_kernels_on_the_spinning_team_give_the_same_bits(team):
+def test_kernels_on_the_spinning_team_give_the_same_bits():
     # The compiled kernels on 2 threads, call after call: each result is the
     # same as the first (no call may see another's workers still writing).
     kern = compiled_kernels()
