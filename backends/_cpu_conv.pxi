@@ -244,21 +244,21 @@ cdef inline Py_ssize_t _padded_elements(ConvShape s) noexcept nogil:
 cdef bint _gathered_conv(ConvShape s, Py_ssize_t extra=0) noexcept nogil:
     # Whether _conv_forward_image reads an image's columns in place
     # (_cpu_gemm_typed.h, xdl_conv_image): AVX2 + FMA, stride 1, and the
-    # image's padded copy, 16 spare elements, the K row offsets and `extra`
+    # image's padded copy, SIMD_SPARE spare elements, the K row offsets and `extra`
     # more elements fit in the space of its columns (always but for some
     # 1x1 convolutions).
     return (_simd_kernels and s.stride == 1 and
-            _padded_elements(s) + 16 + s.K + extra <= _aligned(<Py_ssize_t>s.K * s.P))
+            _padded_elements(s) + SIMD_SPARE + s.K + extra <= _aligned(<Py_ssize_t>s.K * s.P))
 
 
 cdef void _padded_columns(const floating* x, floating* xpad, int* off, ConvShape s) noexcept nogil:
     # The image's columns, to be read in place: xpad (C, Hp, Wp) padded with
-    # 16 zeros past its end (which a last panel's spare lanes read), and the
+    # SIMD_SPARE zeros past its end (which a last panel's spare lanes read), and the
     # offset in xpad of each row k = (c, kh, kw) of the columns.
     cdef Py_ssize_t Hp = s.H + 2 * s.pad, Wp = s.W + 2 * s.pad
     cdef int c, kh, kw
     _pad_image(x, xpad, s)
-    memset(xpad + _padded_elements(s), 0, 16 * sizeof(floating))
+    memset(xpad + _padded_elements(s), 0, SIMD_SPARE * sizeof(floating))
     for c in range(s.C):
         for kh in range(s.KH):
             for kw in range(s.KW):
@@ -267,8 +267,8 @@ cdef void _padded_columns(const floating* x, floating* xpad, int* off, ConvShape
 
 cdef inline int* _column_offsets(floating* cols, ConvShape s) noexcept nogil:
     # Where the row offsets go in the space of cols: after the padded copy
-    # and its 16 spare elements.
-    return <int*>(cols + _padded_elements(s) + 16)
+    # and its SIMD_SPARE spare elements.
+    return <int*>(cols + _padded_elements(s) + SIMD_SPARE)
 
 
 cdef void _gathered_conv_image(const floating* x, const floating* w, const floating* b,
@@ -353,7 +353,7 @@ cdef bint _gathered_conv_dw(ConvShape s, int panel) noexcept nogil:
 cdef void _gathered_conv_dw_image(const floating* x, const floating* dout, floating* dw,
                                   floating* cols, ConvShape s) noexcept nogil:
     # dw (F, K) = dout (F, P) @ columns^T without im2col: the padded image
-    # (16 zeros past its end), the row offsets and dout transposed in the
+    # (SIMD_SPARE zeros past its end), the row offsets and dout transposed in the
     # space of cols.
     cdef int* off = _column_offsets(cols, s)
     cdef floating* dct = <floating*>off + s.K
@@ -366,12 +366,12 @@ cdef bint _gathered_conv_dx(ConvShape s) noexcept nogil:
     # dout, padded by KH-1-pad rows and KW-1-pad columns, with the filters
     # flipped and their two channel axes swapped (xdl_conv_image, no
     # col2im): padding no larger than the filter less one, and the padded
-    # dout (16 spare elements), the row offsets, the flipped filters and C
+    # dout (SIMD_SPARE spare elements), the row offsets, the flipped filters and C
     # zeros (the bias) in the space of the image's columns.
     cdef Py_ssize_t Kt = <Py_ssize_t>s.F * s.KH * s.KW
     cdef Py_ssize_t Hd = s.OH + 2 * (s.KH - 1 - s.pad), Wd = s.OW + 2 * (s.KW - 1 - s.pad)
     return (_gathered_conv(s) and s.pad <= s.KH - 1 and s.pad <= s.KW - 1 and
-            s.F * Hd * Wd + 16 + Kt + s.C * Kt + s.C <= _aligned(<Py_ssize_t>s.K * s.P))
+            s.F * Hd * Wd + SIMD_SPARE + Kt + s.C * Kt + s.C <= _aligned(<Py_ssize_t>s.K * s.P))
 
 
 cdef void _gathered_conv_dx_image(const floating* w, const floating* dout, floating* dx,
@@ -383,10 +383,10 @@ cdef void _gathered_conv_dx_image(const floating* w, const floating* dout, float
     cdef Py_ssize_t Hd = s.OH + 2 * ph, Wd = s.OW + 2 * pw
     cdef Py_ssize_t Kt = <Py_ssize_t>s.F * s.KH * s.KW, padded = s.F * Hd * Wd
     cdef Py_ssize_t f, c, h, kh, kw, j
-    cdef int* off = <int*>(cols + padded + 16)
-    cdef floating* wt = cols + padded + 16 + Kt
+    cdef int* off = <int*>(cols + padded + SIMD_SPARE)
+    cdef floating* wt = cols + padded + SIMD_SPARE + Kt
     cdef floating* zeros = wt + s.C * Kt
-    memset(cols, 0, <size_t>(padded + 16) * sizeof(floating))
+    memset(cols, 0, <size_t>(padded + SIMD_SPARE) * sizeof(floating))
     for f in range(s.F):
         for h in range(s.OH):
             memcpy(cols + (f * Hd + h + ph) * Wd + pw, dout + (f * s.OH + h) * s.OW,

@@ -123,6 +123,8 @@ static XDL_AVX2 inline void xdl_transpose_d(__m256d* r) {  /* 4 x 4, in place */
     default: CALL(1, __VA_ARGS__); break;                    \
     }
 
+#define XDL_TARGET XDL_AVX2
+#define XDL_MASK __m256i
 #define XDL_T float
 #define XDL_V __m256
 #define XDL_L 8
@@ -142,6 +144,85 @@ static XDL_AVX2 inline void xdl_transpose_d(__m256d* r) {  /* 4 x 4, in place */
 #undef XDL_V
 #undef XDL_L
 #undef XDL_F
+#undef XDL_TARGET
+#undef XDL_MASK
+
+/* The stride-1 convolution's image kernel (xdl_conv_image) again with
+   AVX-512: vectors of 16 floats or 8 doubles, tiles of 6 filters by 32
+   floats or 16 doubles of an output row. On this Zen 4 (which runs a
+   512-bit FMA as two 256-bit halves: the same peak) the CNN's convolution
+   forward took 4.84 against 5.08 ms on one thread and 2.46 against 2.58
+   on two (float32), 9.76 against 10.32 and 4.91 against 5.18 (float64);
+   fewer instructions per FMA. The filter gradient was no faster, and the
+   affine layer's kernels stay AVX2. */
+#define XDL_AVX512 __attribute__((target("avx512f,avx2,fma")))
+
+static int xdl_cpu_has_avx512(void) {
+    __builtin_cpu_init();
+    return xdl_cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f");
+}
+
+static XDL_AVX512 inline __m512 xdl_zero_zs(void) { return _mm512_setzero_ps(); }
+static XDL_AVX512 inline __m512 xdl_loadu_zs(const float* p) { return _mm512_loadu_ps(p); }
+static XDL_AVX512 inline void xdl_storeu_zs(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+static XDL_AVX512 inline __m512 xdl_bcast_zs(const float* p) { return _mm512_set1_ps(*p); }
+static XDL_AVX512 inline __m512 xdl_set1_zs(float x) { return _mm512_set1_ps(x); }
+static XDL_AVX512 inline __m512 xdl_fmadd_zs(__m512 a, __m512 b, __m512 c) {
+    return _mm512_fmadd_ps(a, b, c);
+}
+static XDL_AVX512 inline __mmask16 xdl_lanes_below_zs(int n) {  /* lanes [0, n) set */
+    return n <= 0 ? 0 : n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+}
+static XDL_AVX512 inline __m512 xdl_maskload_zs(const float* p, __mmask16 m) {
+    return _mm512_maskz_loadu_ps(m, p);
+}
+static XDL_AVX512 inline void xdl_maskstore_zs(float* p, __mmask16 m, __m512 v) {
+    _mm512_mask_storeu_ps(p, m, v);
+}
+static XDL_AVX512 inline __m512d xdl_zero_zd(void) { return _mm512_setzero_pd(); }
+static XDL_AVX512 inline __m512d xdl_loadu_zd(const double* p) { return _mm512_loadu_pd(p); }
+static XDL_AVX512 inline void xdl_storeu_zd(double* p, __m512d v) { _mm512_storeu_pd(p, v); }
+static XDL_AVX512 inline __m512d xdl_bcast_zd(const double* p) { return _mm512_set1_pd(*p); }
+static XDL_AVX512 inline __m512d xdl_set1_zd(double x) { return _mm512_set1_pd(x); }
+static XDL_AVX512 inline __m512d xdl_fmadd_zd(__m512d a, __m512d b, __m512d c) {
+    return _mm512_fmadd_pd(a, b, c);
+}
+static XDL_AVX512 inline __mmask8 xdl_lanes_below_zd(int n) {
+    return n <= 0 ? 0 : n >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << n) - 1);
+}
+static XDL_AVX512 inline __m512d xdl_maskload_zd(const double* p, __mmask8 m) {
+    return _mm512_maskz_loadu_pd(m, p);
+}
+static XDL_AVX512 inline void xdl_maskstore_zd(double* p, __mmask8 m, __m512d v) {
+    _mm512_mask_storeu_pd(p, m, v);
+}
+
+#define XDL_TARGET XDL_AVX512
+#define XDL_IMAGE_ONLY
+#define XDL_MASK __mmask16
+#define XDL_T float
+#define XDL_V __m512
+#define XDL_L 16
+#define XDL_F(name) name##_zs
+#include "_cpu_gemm_typed.h"
+#undef XDL_T
+#undef XDL_V
+#undef XDL_L
+#undef XDL_F
+#undef XDL_MASK
+
+#define XDL_MASK __mmask8
+#define XDL_T double
+#define XDL_V __m512d
+#define XDL_L 8
+#define XDL_F(name) name##_zd
+#include "_cpu_gemm_typed.h"
+#undef XDL_T
+#undef XDL_V
+#undef XDL_L
+#undef XDL_F
+#undef XDL_TARGET
+#undef XDL_MASK
 
 /* dx[:, d0:d0+dn] = dout (N, M) @ w[d0:d0+dn].T, dx (N, D): panels of 16 rows
    of w, packed transposed XDL_AFFINE_KC columns at a time into scratch
@@ -205,6 +286,7 @@ static XDL_AVX2 void xdl_affine_dw_block(int N, int D, int M, const float* x, co
    (xdl_cpu_has_avx2_fma() is 0); these definitions only let the module
    build. */
 static int xdl_cpu_has_avx2_fma(void) { return 0; }
+static int xdl_cpu_has_avx512(void) { return 0; }
 static void xdl_affine_dx_block(int N, int D, int M, const float* w, const float* dout,
                                 float* dx, int d0, int dn, float* scratch, xdl_prefetch* pf,
                                 long pf_upto) {}
@@ -219,6 +301,8 @@ static void xdl_affine_dw_block(int N, int D, int M, const float* x, const float
                                       const int* off, const T* dconv, int F, T* dct, T* dw) {}
 XDL_NO_CONV(float, s)
 XDL_NO_CONV(double, d)
+XDL_NO_CONV(float, zs)
+XDL_NO_CONV(double, zd)
 #endif
 
 #endif  /* XDL_CPU_GEMM_H */

@@ -1,6 +1,9 @@
-/* The register-tile kernels for one element type, included twice by
-   _cpu_gemm.h: with XDL_T float, XDL_V __m256, XDL_L 8 and XDL_F(name)
-   name##_s, then with double, __m256d, 4 and name##_d. The tile is 6 rows
+/* The register-tile kernels for one element type and vector width,
+   included four times by _cpu_gemm.h: AVX2 with XDL_T float, XDL_V __m256,
+   XDL_L 8 and XDL_F(name) name##_s, then double, __m256d, 4 and name##_d;
+   AVX-512 (the image kernel only, XDL_IMAGE_ONLY) with __m512 / name##_zs
+   and __m512d / name##_zd. XDL_TARGET is the functions' target attribute
+   and XDL_MASK the type of a lane mask. The tile is 6 rows
    by XDL_NR = 2 vectors (16 floats or 8 doubles); the vector operations
    are _cpu_gemm.h's XDL_F(xdl_loadu) and the like. */
 #define XDL_NR (2 * XDL_L)
@@ -14,7 +17,7 @@
    as those lanes are never stored). init: NULL (zeros) or one value per
    row (the convolution's bias). Each element is summed in k order, one
    fused multiply-add at a time: the result does not depend on the threads. */
-static XDL_AVX2 inline __attribute__((always_inline)) void XDL_F(xdl_tile)(
+static XDL_TARGET inline __attribute__((always_inline)) void XDL_F(xdl_tile)(
         const int MR, const int GATHER, int kc, const XDL_T* a, long rsa, long csa,
         const XDL_T* b, long ldb, const int* off, XDL_T* c, long ldc, int nn, const XDL_T* y,
         long ldy, XDL_T beta, const XDL_T* init) {
@@ -47,7 +50,7 @@ static XDL_AVX2 inline __attribute__((always_inline)) void XDL_F(xdl_tile)(
             XDL_F(xdl_storeu)(c + r * ldc + XDL_L, v1);
         }
     } else {
-        __m256i m0 = XDL_F(xdl_lanes_below)(nn), m1 = XDL_F(xdl_lanes_below)(nn - XDL_L);
+        XDL_MASK m0 = XDL_F(xdl_lanes_below)(nn), m1 = XDL_F(xdl_lanes_below)(nn - XDL_L);
 #pragma GCC unroll 6
         for (int r = 0; r < MR; r++) {
             XDL_V v0 = acc[r][0], v1 = acc[r][1];
@@ -61,10 +64,48 @@ static XDL_AVX2 inline __attribute__((always_inline)) void XDL_F(xdl_tile)(
     }
 }
 
+/* The tile for mr = 1..6 rows with B's rows at b + off[k], from init (A
+   row-major with row stride lda; no Y). */
+static XDL_TARGET void XDL_F(xdl_gathered_tiles_of)(int mr, int kc, const XDL_T* a, long lda,
+                                           const XDL_T* b, const int* off, XDL_T* c, long ldc,
+                                           int nn, const XDL_T* init) {
+    XDL_BY_HEIGHT(mr, XDL_F(xdl_tile), 1, kc, a, lda, 1, b, 0, off, c, ldc, nn, NULL, 0, 0,
+                  init)
+}
+
+/* One image's stride-1 convolution: out (F, OH*OW) = w (F, K) @ columns + b,
+   the columns read in place from the padded image xpad (C, Hp, Wp): row
+   k = (c, kh, kw) of column (oh, ow) is xpad[off[k] + oh*Wp + ow], with
+   off[k] = (c*Hp + kh)*Wp + kw. No im2col: each panel of XDL_NR output pixels
+   of one row reads its K rows of XDL_NR from the image (in the core's L1), for
+   every register tile of filters. xpad needs XDL_NR readable elements past its
+   end (the last panel's spare lanes read them; they are never stored). */
+static XDL_TARGET void XDL_F(xdl_conv_image)(const XDL_T* xpad, int Wp, int OH, int OW, int K,
+                                    const int* off, const XDL_T* w, const XDL_T* bias, int F,
+                                    XDL_T* out) {
+    int tiles = xdl_tiles(F);
+    long P = (long)OH * OW;
+    for (int oh = 0; oh < OH; oh++) {
+        for (int ow0 = 0; ow0 < OW; ow0 += XDL_NR) {
+            int nn = OW - ow0 < XDL_NR ? OW - ow0 : XDL_NR;
+            for (int t = 0; t < tiles; t++) {
+                int f0 = xdl_tile_lo(F, tiles, t), f1 = xdl_tile_lo(F, tiles, t + 1);
+                XDL_F(xdl_gathered_tiles_of)(f1 - f0, K, w + (long)f0 * K, K,
+                                      xpad + (long)oh * Wp + ow0, off,
+                                      out + f0 * P + (long)oh * OW + ow0, P, nn, bias + f0);
+            }
+        }
+    }
+}
+
+/* The rest (the packing, the affine layer's tiles and the filter
+   gradient) only where _cpu_gemm.h runs them: not in the AVX-512 build
+   (XDL_IMAGE_ONLY). */
+#ifndef XDL_IMAGE_ONLY
 /* pack (kc, XDL_NR) = rows [0, nn) of w (row stride ldw), columns [0, kc),
    transposed, zero past nn: the dx product's B operand (w.T), and a
    convolution's dout transposed for its filter gradient. */
-static XDL_AVX2 void XDL_F(xdl_pack_transposed)(XDL_T* pack, const XDL_T* w, long ldw, int nn,
+static XDL_TARGET void XDL_F(xdl_pack_transposed)(XDL_T* pack, const XDL_T* w, long ldw, int nn,
                                                 int kc) {
     int j = 0;
     for (; j + XDL_L <= nn; j += XDL_L) {
@@ -86,45 +127,11 @@ static XDL_AVX2 void XDL_F(xdl_pack_transposed)(XDL_T* pack, const XDL_T* w, lon
 }
 
 /* The tile for mr = 1..6 rows (B in rows of stride ldb). */
-static XDL_AVX2 void XDL_F(xdl_tiles_of)(int mr, int kc, const XDL_T* a, long rsa, long csa,
+static XDL_TARGET void XDL_F(xdl_tiles_of)(int mr, int kc, const XDL_T* a, long rsa, long csa,
                                   const XDL_T* b, long ldb, XDL_T* c, long ldc, int nn,
                                   const XDL_T* y, long ldy, XDL_T beta) {
     XDL_BY_HEIGHT(mr, XDL_F(xdl_tile), 0, kc, a, rsa, csa, b, ldb, NULL, c, ldc, nn, y, ldy,
                   beta, NULL)
-}
-
-/* The tile for mr = 1..6 rows with B's rows at b + off[k], from init (A
-   row-major with row stride lda; no Y). */
-static XDL_AVX2 void XDL_F(xdl_gathered_tiles_of)(int mr, int kc, const XDL_T* a, long lda,
-                                           const XDL_T* b, const int* off, XDL_T* c, long ldc,
-                                           int nn, const XDL_T* init) {
-    XDL_BY_HEIGHT(mr, XDL_F(xdl_tile), 1, kc, a, lda, 1, b, 0, off, c, ldc, nn, NULL, 0, 0,
-                  init)
-}
-
-/* One image's stride-1 convolution: out (F, OH*OW) = w (F, K) @ columns + b,
-   the columns read in place from the padded image xpad (C, Hp, Wp): row
-   k = (c, kh, kw) of column (oh, ow) is xpad[off[k] + oh*Wp + ow], with
-   off[k] = (c*Hp + kh)*Wp + kw. No im2col: each panel of XDL_NR output pixels
-   of one row reads its K rows of XDL_NR from the image (in the core's L1), for
-   every register tile of filters. xpad needs XDL_NR readable elements past its
-   end (the last panel's spare lanes read them; they are never stored). */
-static XDL_AVX2 void XDL_F(xdl_conv_image)(const XDL_T* xpad, int Wp, int OH, int OW, int K,
-                                    const int* off, const XDL_T* w, const XDL_T* bias, int F,
-                                    XDL_T* out) {
-    int tiles = xdl_tiles(F);
-    long P = (long)OH * OW;
-    for (int oh = 0; oh < OH; oh++) {
-        for (int ow0 = 0; ow0 < OW; ow0 += XDL_NR) {
-            int nn = OW - ow0 < XDL_NR ? OW - ow0 : XDL_NR;
-            for (int t = 0; t < tiles; t++) {
-                int f0 = xdl_tile_lo(F, tiles, t), f1 = xdl_tile_lo(F, tiles, t + 1);
-                XDL_F(xdl_gathered_tiles_of)(f1 - f0, K, w + (long)f0 * K, K,
-                                      xpad + (long)oh * Wp + ow0, off,
-                                      out + f0 * P + (long)oh * OW + ow0, P, nn, bias + f0);
-            }
-        }
-    }
 }
 
 /* The filter-gradient tile of one image, MR = 1..6 rows of K (a constant
@@ -132,7 +139,7 @@ static XDL_AVX2 void XDL_F(xdl_conv_image)(const XDL_T* xpad, int Wp, int OH, in
    in order, of column k0 + r at (oh, ow), xpad[off[k0 + r] + oh*Wp + ow],
    times dct[(oh*OW + ow)*XDL_NR + j], the image's dconv transposed (one panel
    of XDL_NR filters). */
-static XDL_AVX2 inline __attribute__((always_inline)) void XDL_F(xdl_dw_tile)(
+static XDL_TARGET inline __attribute__((always_inline)) void XDL_F(xdl_dw_tile)(
         const int MR, const XDL_T* xpad, int Wp, int OH, int OW, const int* off,
         const XDL_T* dct, XDL_T* t) {
     XDL_V acc[XDL_SK_MR][2];
@@ -164,7 +171,7 @@ static XDL_AVX2 inline __attribute__((always_inline)) void XDL_F(xdl_dw_tile)(
     }
 }
 
-static XDL_AVX2 void XDL_F(xdl_dw_tiles_of)(int mr, const XDL_T* xpad, int Wp, int OH, int OW,
+static XDL_TARGET void XDL_F(xdl_dw_tiles_of)(int mr, const XDL_T* xpad, int Wp, int OH, int OW,
                                      const int* off, const XDL_T* dct, XDL_T* t) {
     XDL_BY_HEIGHT(mr, XDL_F(xdl_dw_tile), xpad, Wp, OH, OW, off, dct, t)
 }
@@ -174,7 +181,7 @@ static XDL_AVX2 void XDL_F(xdl_dw_tiles_of)(int mr, const XDL_T* xpad, int Wp, i
    dconv is first packed transposed into dct (ceil(F/XDL_NR) panels of P x XDL_NR,
    zero past F), then each tile of 6 rows of K by XDL_NR filters sums over all
    P pixels in its registers and is stored transposed into dw. */
-static XDL_AVX2 void XDL_F(xdl_conv_dw_image)(const XDL_T* xpad, int Wp, int OH, int OW, int K,
+static XDL_TARGET void XDL_F(xdl_conv_dw_image)(const XDL_T* xpad, int Wp, int OH, int OW, int K,
                                        const int* off, const XDL_T* dconv, int F, XDL_T* dct,
                                        XDL_T* dw) {
     long P = (long)OH * OW;
@@ -197,5 +204,7 @@ static XDL_AVX2 void XDL_F(xdl_conv_dw_image)(const XDL_T* xpad, int Wp, int OH,
         }
     }
 }
+
+#endif  /* XDL_IMAGE_ONLY */
 
 #undef XDL_NR

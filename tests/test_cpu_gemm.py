@@ -10,7 +10,10 @@ its 16 columns, dx's sum over more than 256 columns of dout (summed 256 at a
 time) and dw's over more than 256 rows (the same), blocks of w of 48 rows
 with a short last one; output rows shorter than a panel or not a multiple
 of it, filter counts that are not multiples of the tile, no padding, and the
-1x1 convolution that keeps im2col.
+1x1 convolution that keeps im2col. The convolution's image kernel also has
+an AVX-512 build (``set_avx512_kernels``), taken for output rows that its
+wider panels pad no more than AVX2's: it sums each output in the same order,
+so it must give the AVX2 build's bits.
 
 numpy-only, like test_cpu_fused.py: these kernels exist only for host arrays.
 """
@@ -242,3 +245,76 @@ def test_conv_filter_gradient_without_im2col_matches_the_formula(kern, shape, dt
     dx_tol = SUM_TOL[dtype] * np.sqrt(F * KH * KW)
     np.testing.assert_allclose(dx, bdx, rtol=dx_tol, atol=dx_tol * np.abs(bdx).max())
     np.testing.assert_allclose(dw, bdw, rtol=terms, atol=terms * np.abs(bdw).max())
+
+
+def test_avx512_switch_reports_and_restores():
+    kern = compiled()
+    available = kern.avx512_kernels_available()
+    assert isinstance(available, bool)
+    previous = kern.set_avx512_kernels(False)
+    try:
+        assert kern.set_avx512_kernels(False) is False
+        if available:
+            assert kern.set_avx512_kernels(True) is False
+            assert kern.set_avx512_kernels(False) is True
+        else:
+            with pytest.raises(ValueError, match="lacks AVX-512"):
+                kern.set_avx512_kernels(True)
+    finally:
+        kern.set_avx512_kernels(previous)
+
+
+@pytest.fixture
+def wide_kern(kern):
+    """kern with the AVX-512 build on (skipped without it); restored afterwards."""
+    if not kern.avx512_kernels_available():
+        pytest.skip("this CPU has no AVX-512")
+    previous = kern.set_avx512_kernels(True)
+    yield kern
+    kern.set_avx512_kernels(previous)
+
+
+def test_wide_panels_where_they_pad_no_more(wide_kern):
+    # float32: AVX2 panels of 16, AVX-512 of 32; float64: 8 and 16.
+    for n, wide in ((32, True), (20, True), (64, True), (16, False), (13, False),
+                    (33, False), (40, False), (8, False)):
+        assert wide_kern._wide_panels_for(n, 4) is wide, n
+    for n, wide in ((16, True), (13, True), (11, True), (8, False), (37, False), (32, True)):
+        assert wide_kern._wide_panels_for(n, 8) is wide, n
+    wide_kern.set_avx512_kernels(False)
+    assert not wide_kern._wide_panels_for(32, 4)
+
+
+# Rows the AVX-512 build takes: 32 (the CNN), 20 and 13/11 (masked lanes:
+# float32 20 of 32, float64 13 or 11 of 16), 64 (two wide panels), and
+# ones it leaves to AVX2 (16, 37).
+WIDE_SHAPES = CONV_SHAPES[:3] + [(2, 2, 7, 7, 5, 3, 3, 3), (2, 3, 6, 20, 7, 3, 3, 1),
+                                 (1, 2, 3, 64, 6, 3, 3, 1), (2, 3, 16, 16, 8, 3, 3, 1)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", WIDE_SHAPES, ids=["x".join(map(str, s)) for s in WIDE_SHAPES])
+def test_conv_avx512_build_gives_the_avx2_bits(wide_kern, shape, dtype):
+    # Forward (and the fused layer) and dx, which is the forward kernel on
+    # the padded dout, with and without the AVX-512 build.
+    from xdl.backends import numpy_kernels
+    N, C, H, W, F, KH, KW, pad = shape
+    x, w, rng, (OH, OW) = _conv_inputs(shape, 11, dtype)
+    b = rng.randn(F).astype(dtype)
+    dout = rng.randn(N, F, OH, OW).astype(dtype)
+
+    def run():
+        out = [wide_kern.conv_forward(x, w, b, 1, pad, OH, OW)]
+        out += list(wide_kern.conv_backward(dout, x, w, 1, pad, OH, OW))
+        if OH % 2 == 0 and OW % 2 == 0:
+            out += list(wide_kern.conv_relu_pool_forward(x, w, b, 1, pad, OH, OW, 2, 2, 2,
+                                                         OH // 2, OW // 2))
+        return out
+
+    wide = run()
+    ref = numpy_kernels.conv_forward(*(a.astype(np.float64) for a in (x, w, b)), 1, pad, OH, OW)
+    tol = SUM_TOL[dtype] * np.sqrt(C * KH * KW)
+    np.testing.assert_allclose(wide[0], ref, rtol=tol, atol=tol)
+    wide_kern.set_avx512_kernels(False)
+    for got, narrow in zip(wide, run()):
+        np.testing.assert_array_equal(got, narrow)
