@@ -12,7 +12,8 @@
    (_cpu_gemm_typed.h, included here once per type). The rest of the
    extension is built for baseline x86-64; these functions carry
    target("avx2,fma") and are called only when xdl_cpu_has_avx2_fma() says
-   the CPU has both. */
+   the CPU has both. The convolution's image kernel is also built for
+   AVX-512 (below: target("avx512f,avx2,fma"), behind xdl_cpu_has_avx512()). */
 #ifndef XDL_CPU_GEMM_H
 #define XDL_CPU_GEMM_H
 

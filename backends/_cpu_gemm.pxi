@@ -10,8 +10,9 @@
 # for every call and left the block's rows of dw to be fetched from memory
 # on the first store; here dout is read in place, each block's rows of w
 # are packed transposed once, and the next block's rows of w and dw are
-# prefetched while this block is computed (xdl/DESIGN.md, "The CPU
-# kernels", has the measurements).
+# prefetched while this block is computed. The convolution's image kernel
+# also has an AVX-512 build (set_avx512_kernels). xdl/DESIGN.md, "The CPU
+# kernels", has the measurements.
 
 cdef extern from "_cpu_gemm.h":
     int XDL_AFFINE_KC
@@ -108,10 +109,12 @@ def _wide_panels_for(int n, int itemsize):
 
 def set_avx512_kernels(enabled):
     """
-    Run the SIMD kernels in their AVX-512 build (True, the default where
-    the CPU has it) or their AVX2 build (False); for tests and benchmarks.
-    Returns the previous setting. Raises ValueError when enabled on a CPU
-    without AVX-512.
+    Let the convolution's image kernel (xdl_conv_image: the stride-1
+    forward product and dx) run its AVX-512 build where that pads an output
+    row no more than AVX2 (True, the default where the CPU has AVX-512), or
+    always its AVX2 build (False); for tests and benchmarks. The two give
+    the same bits. Returns the previous setting. Raises ValueError when
+    enabled on a CPU without AVX-512.
     """
     global _avx512_kernels
     previous = _avx512_kernels

@@ -3,9 +3,9 @@
    XDL_L 8 and XDL_F(name) name##_s, then double, __m256d, 4 and name##_d;
    AVX-512 (the image kernel only, XDL_IMAGE_ONLY) with __m512 / name##_zs
    and __m512d / name##_zd. XDL_TARGET is the functions' target attribute
-   and XDL_MASK the type of a lane mask. The tile is 6 rows
-   by XDL_NR = 2 vectors (16 floats or 8 doubles); the vector operations
-   are _cpu_gemm.h's XDL_F(xdl_loadu) and the like. */
+   and XDL_MASK the type of a lane mask. The tile is 6 rows by XDL_NR = 2
+   vectors (AVX2: 16 floats or 8 doubles; AVX-512: 32 or 16); the vector
+   operations are _cpu_gemm.h's XDL_F(xdl_loadu) and the like. */
 #define XDL_NR (2 * XDL_L)
 
 /* The register tile, for MR = 1..6 rows (a constant once inlined):
