@@ -38,21 +38,26 @@ def kern():
     kern.set_num_threads(threads)
 
 
-def test_simd_switch_reports_and_restores():
+@pytest.mark.parametrize("which, lacks", [("simd", "lacks AVX2 or FMA"),
+                                          ("avx512", "lacks AVX-512")])
+def test_kernel_switches_report_and_restore(which, lacks):
+    # set_simd_kernels / set_avx512_kernels return the previous setting and
+    # refuse True on a CPU without the instructions.
     kern = compiled()
-    available = kern.simd_kernels_available()
+    available = getattr(kern, which + "_kernels_available")()
+    switch = getattr(kern, "set_%s_kernels" % which)
     assert isinstance(available, bool)
-    previous = kern.set_simd_kernels(False)
+    previous = switch(False)
     try:
-        assert kern.set_simd_kernels(False) is False
+        assert switch(False) is False
         if available:
-            assert kern.set_simd_kernels(True) is False
-            assert kern.set_simd_kernels(False) is True
+            assert switch(True) is False
+            assert switch(False) is True
         else:
-            with pytest.raises(ValueError, match="lacks AVX2 or FMA"):
-                kern.set_simd_kernels(True)
+            with pytest.raises(ValueError, match=lacks):
+                switch(True)
     finally:
-        kern.set_simd_kernels(previous)  # True only where available
+        switch(previous)  # True only where available
 
 
 SHAPES = [
@@ -179,20 +184,26 @@ def _conv_inputs(shape, seed, dtype):
 SUM_TOL = {np.float32: 1e-4, np.float64: 1e-12}
 
 
+def _assert_forward_formula(out, x, w, b, pad, OH, OW):
+    """out (x's dtype) is the stride-1 convolution's float64 formula, to rounding; returns the tolerance."""
+    from xdl.backends import numpy_kernels
+    ref = numpy_kernels.conv_forward(*(a.astype(np.float64) for a in (x, w, b)), 1, pad, OH, OW)
+    assert out.dtype == x.dtype
+    tol = SUM_TOL[x.dtype.type] * np.sqrt(w[0].size)
+    np.testing.assert_allclose(out, ref, rtol=tol, atol=tol)
+    return tol
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=["x".join(map(str, s)) for s in CONV_SHAPES])
 def test_conv_forward_without_im2col_matches_the_formula(kern, shape, dtype):
     # Stride 1 reads the columns in place from the padded image
     # (xdl_conv_image); the float64 formula and the im2col path agree.
-    from xdl.backends import numpy_kernels
     N, C, H, W, F, KH, KW, pad = shape
     x, w, rng, (OH, OW) = _conv_inputs(shape, 4, dtype)
     b = rng.randn(F).astype(dtype)
     out = kern.conv_forward(x, w, b, 1, pad, OH, OW)
-    ref = numpy_kernels.conv_forward(*(a.astype(np.float64) for a in (x, w, b)), 1, pad, OH, OW)
-    assert out.dtype == dtype
-    tol = SUM_TOL[dtype] * np.sqrt(C * KH * KW)
-    np.testing.assert_allclose(out, ref, rtol=tol, atol=tol)
+    tol = _assert_forward_formula(out, x, w, b, pad, OH, OW)
     kern.set_simd_kernels(False)
     blas = kern.conv_forward(x, w, b, 1, pad, OH, OW)
     kern.set_simd_kernels(True)
@@ -247,23 +258,6 @@ def test_conv_filter_gradient_without_im2col_matches_the_formula(kern, shape, dt
     np.testing.assert_allclose(dw, bdw, rtol=terms, atol=terms * np.abs(bdw).max())
 
 
-def test_avx512_switch_reports_and_restores():
-    kern = compiled()
-    available = kern.avx512_kernels_available()
-    assert isinstance(available, bool)
-    previous = kern.set_avx512_kernels(False)
-    try:
-        assert kern.set_avx512_kernels(False) is False
-        if available:
-            assert kern.set_avx512_kernels(True) is False
-            assert kern.set_avx512_kernels(False) is True
-        else:
-            with pytest.raises(ValueError, match="lacks AVX-512"):
-                kern.set_avx512_kernels(True)
-    finally:
-        kern.set_avx512_kernels(previous)
-
-
 @pytest.fixture
 def wide_kern(kern):
     """kern with the AVX-512 build on (skipped without it); restored afterwards."""
@@ -297,7 +291,6 @@ WIDE_SHAPES = CONV_SHAPES[:3] + [(2, 2, 7, 7, 5, 3, 3, 3), (2, 3, 6, 20, 7, 3, 3
 def test_conv_avx512_build_gives_the_avx2_bits(wide_kern, shape, dtype):
     # Forward (and the fused layer) and dx, which is the forward kernel on
     # the padded dout, with and without the AVX-512 build.
-    from xdl.backends import numpy_kernels
     N, C, H, W, F, KH, KW, pad = shape
     x, w, rng, (OH, OW) = _conv_inputs(shape, 11, dtype)
     b = rng.randn(F).astype(dtype)
@@ -312,9 +305,7 @@ def test_conv_avx512_build_gives_the_avx2_bits(wide_kern, shape, dtype):
         return out
 
     wide = run()
-    ref = numpy_kernels.conv_forward(*(a.astype(np.float64) for a in (x, w, b)), 1, pad, OH, OW)
-    tol = SUM_TOL[dtype] * np.sqrt(C * KH * KW)
-    np.testing.assert_allclose(wide[0], ref, rtol=tol, atol=tol)
+    _assert_forward_formula(wide[0], x, w, b, pad, OH, OW)
     wide_kern.set_avx512_kernels(False)
     for got, narrow in zip(wide, run()):
         np.testing.assert_array_equal(got, narrow)
