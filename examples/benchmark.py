@@ -580,7 +580,12 @@ def header(device, torch, dtype, args):
     from xdl.backends import cpu
     if device.name == "cpu":
         kern = cpu.compiled
-        kernels = "compiled Cython" if kern is not None else "NumPy FALLBACK (not built)"
+        if kern is None:
+            kernels = "NumPy FALLBACK (not built)"
+        else:
+            simd = ("AVX2+FMA, AVX-512" if kern.avx512_kernels_available() else "AVX2+FMA"
+                    ) if kern.simd_kernels_available() else "OpenBLAS only"
+            kernels = "compiled Cython (%s)" % simd
     else:
         name = device.xp.cuda.runtime.getDeviceProperties(device.xp.cuda.Device().id)["name"]
         kernels = "CUDA on %s (cupy %s)" % (
