@@ -54,15 +54,23 @@ static XDL_AVX2 inline void xdl_prefetch_upto(xdl_prefetch* pf, long upto) {
     }
 }
 
-/* The vector operations of the typed kernels, for float (8 lanes) ... */
-static XDL_AVX2 inline __m256 xdl_zero_s(void) { return _mm256_setzero_ps(); }
-static XDL_AVX2 inline __m256 xdl_loadu_s(const float* p) { return _mm256_loadu_ps(p); }
-static XDL_AVX2 inline void xdl_storeu_s(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-static XDL_AVX2 inline __m256 xdl_bcast_s(const float* p) { return _mm256_broadcast_ss(p); }
-static XDL_AVX2 inline __m256 xdl_set1_s(float x) { return _mm256_set1_ps(x); }
-static XDL_AVX2 inline __m256 xdl_fmadd_s(__m256 a, __m256 b, __m256 c) {
-    return _mm256_fmadd_ps(a, b, c);
-}
+/* The vector operations of the typed kernels that read alike in every
+   width: XDL_VECTOR_OPS(target, suffix, element, vector, _mm256 or _mm512,
+   ps or pd). A broadcast is set1 of the element (one vbroadcastss/sd from
+   memory). */
+#define XDL_VECTOR_OPS(TARGET, S, T, V, W, X)                                              \
+    static TARGET inline V xdl_zero_##S(void) { return W##_setzero_##X(); }               \
+    static TARGET inline V xdl_loadu_##S(const T* p) { return W##_loadu_##X(p); }         \
+    static TARGET inline void xdl_storeu_##S(T* p, V v) { W##_storeu_##X(p, v); }         \
+    static TARGET inline V xdl_bcast_##S(const T* p) { return W##_set1_##X(*p); }         \
+    static TARGET inline V xdl_set1_##S(T x) { return W##_set1_##X(x); }                  \
+    static TARGET inline V xdl_fmadd_##S(V a, V b, V c) { return W##_fmadd_##X(a, b, c); }
+
+/* AVX2: float (8 lanes) and double (4 lanes), with their lane masks,
+   masked loads and stores, and in-register transposes. */
+XDL_VECTOR_OPS(XDL_AVX2, s, float, __m256, _mm256, ps)
+XDL_VECTOR_OPS(XDL_AVX2, d, double, __m256d, _mm256, pd)
+
 static XDL_AVX2 inline __m256i xdl_lanes_below_s(int n) {  /* lanes [0, n) set */
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
@@ -87,15 +95,6 @@ static XDL_AVX2 inline void xdl_transpose_s(__m256* r) {  /* 8 x 8, in place */
     r[6] = _mm256_permute2f128_ps(s2, s6, 0x31); r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
-/* ... and for double (4 lanes). */
-static XDL_AVX2 inline __m256d xdl_zero_d(void) { return _mm256_setzero_pd(); }
-static XDL_AVX2 inline __m256d xdl_loadu_d(const double* p) { return _mm256_loadu_pd(p); }
-static XDL_AVX2 inline void xdl_storeu_d(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
-static XDL_AVX2 inline __m256d xdl_bcast_d(const double* p) { return _mm256_broadcast_sd(p); }
-static XDL_AVX2 inline __m256d xdl_set1_d(double x) { return _mm256_set1_pd(x); }
-static XDL_AVX2 inline __m256d xdl_fmadd_d(__m256d a, __m256d b, __m256d c) {
-    return _mm256_fmadd_pd(a, b, c);
-}
 static XDL_AVX2 inline __m256i xdl_lanes_below_d(int n) {
     return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
 }
@@ -163,14 +162,9 @@ static int xdl_cpu_has_avx512(void) {
     return xdl_cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f");
 }
 
-static XDL_AVX512 inline __m512 xdl_zero_zs(void) { return _mm512_setzero_ps(); }
-static XDL_AVX512 inline __m512 xdl_loadu_zs(const float* p) { return _mm512_loadu_ps(p); }
-static XDL_AVX512 inline void xdl_storeu_zs(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
-static XDL_AVX512 inline __m512 xdl_bcast_zs(const float* p) { return _mm512_set1_ps(*p); }
-static XDL_AVX512 inline __m512 xdl_set1_zs(float x) { return _mm512_set1_ps(x); }
-static XDL_AVX512 inline __m512 xdl_fmadd_zs(__m512 a, __m512 b, __m512 c) {
-    return _mm512_fmadd_ps(a, b, c);
-}
+XDL_VECTOR_OPS(XDL_AVX512, zs, float, __m512, _mm512, ps)
+XDL_VECTOR_OPS(XDL_AVX512, zd, double, __m512d, _mm512, pd)
+
 static XDL_AVX512 inline __mmask16 xdl_lanes_below_zs(int n) {  /* lanes [0, n) set */
     return n <= 0 ? 0 : n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
 }
@@ -179,14 +173,6 @@ static XDL_AVX512 inline __m512 xdl_maskload_zs(const float* p, __mmask16 m) {
 }
 static XDL_AVX512 inline void xdl_maskstore_zs(float* p, __mmask16 m, __m512 v) {
     _mm512_mask_storeu_ps(p, m, v);
-}
-static XDL_AVX512 inline __m512d xdl_zero_zd(void) { return _mm512_setzero_pd(); }
-static XDL_AVX512 inline __m512d xdl_loadu_zd(const double* p) { return _mm512_loadu_pd(p); }
-static XDL_AVX512 inline void xdl_storeu_zd(double* p, __m512d v) { _mm512_storeu_pd(p, v); }
-static XDL_AVX512 inline __m512d xdl_bcast_zd(const double* p) { return _mm512_set1_pd(*p); }
-static XDL_AVX512 inline __m512d xdl_set1_zd(double x) { return _mm512_set1_pd(x); }
-static XDL_AVX512 inline __m512d xdl_fmadd_zd(__m512d a, __m512d b, __m512d c) {
-    return _mm512_fmadd_pd(a, b, c);
 }
 static XDL_AVX512 inline __mmask8 xdl_lanes_below_zd(int n) {
     return n <= 0 ? 0 : n >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << n) - 1);
