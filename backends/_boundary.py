@@ -190,3 +190,46 @@ def float_dtype(named, where, array_type=None, type_name=None):
             raise TypeError("%s has dtype %s but %s has dtype %s; the %s need one dtype"
                             % (name, a.dtype, first, dtype, where))
     return dtype
+
+
+def check_out(out, w, *others):
+    """
+    Check the ``out`` argument of an update rule: None (next_w is a new
+    array), w itself (the update in place), or an array of w's type, shape
+    and dtype that shares no memory with w or with the (name, array) pairs
+    in others (a partial overlap would be read after it was written).
+    Strided arrays are taken (the NumPy formula fills them); the fused
+    kernels need C-contiguous ones and check that themselves.
+
+    Raises TypeError (another array type or dtype) or ValueError (shape,
+    read-only, overlap), naming out.
+    """
+    if out is None:
+        return
+    if not hasattr(out, "flags"):
+        raise TypeError("out must be an array like w (or None), got %s" % type(out).__name__)
+    if not getattr(out.flags, "writeable", True):  # cupy arrays are always writeable
+        raise ValueError("out is read-only: next_w is written into it")
+    if out is w:
+        return
+    if type(out) is not type(w):
+        raise TypeError("out must be a %s like w, got %s"
+                        % (type(w).__name__, type(out).__name__))
+    if out.dtype != w.dtype:
+        raise TypeError("out has dtype %s but w has dtype %s" % (out.dtype, w.dtype))
+    if _shape(out) != _shape(w):
+        raise ValueError("out has shape %s but w has shape %s" % (_shape(out), _shape(w)))
+    may_share = _array_module(out).may_share_memory
+    for name, a in (("w", w),) + others:
+        if may_share(out, a):
+            raise ValueError("out shares memory with %s: out must be w itself or an array "
+                             "of its own" % name)
+
+
+def _array_module(a):
+    """numpy, or cupy for a cupy array (imported only then)."""
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    import numpy
+    return numpy

@@ -32,7 +32,9 @@ cdef extern from *:
        4.1 M weights of the CNN's W2, from memory: 2.0-3.7 -> 1.8-3.0 ms
        (float32) and 5.5-6.0 -> 4.5-4.9 ms (float64) against the blocked
        loop, which reads and writes each block twice. Non-temporal stores
-       of next_w were no faster. Returns the elements done (the rest is
+       of next_w were no faster. next_w may be w itself (the update in
+       place: each vector of w is loaded before its result is stored, and no
+       pointer here is restrict). Returns the elements done (the rest is
        left to the caller; 0 without SSE2). */
     static Py_ssize_t xdl_adam_span_f(const float *w, const float *dw, float *m, float *v,
                                       float *next_w, Py_ssize_t n, float b1, float k1, float b2,
@@ -191,6 +193,21 @@ cdef _run_elementwise(_Work work, Py_ssize_t size, dtype, keep):
         _start(work, size, int(ELEMENT_CHUNK), dtype, keep)
 
 
+def _next_w(out, w, dtype, others):
+    """
+    The array an update rule writes next_w into: a new one (from the pool)
+    for out=None, else out once checked: w itself (the update in place,
+    each element read before it is written) or an array of its own, and
+    C-contiguous (_boundary.check_out; others: the rule's other (name,
+    array) pairs).
+    """
+    if out is None:
+        return pooled_empty(w.shape, dtype)
+    _boundary.check_out(out, w, *others)
+    _check_arrays((("w", w),), (("out", out),))
+    return out
+
+
 # ------------------------------------------------------------------ sgd
 
 cdef struct SgdJob:
@@ -222,20 +239,22 @@ cdef class _SgdWork(_Work):
                 _sgd_run(&self.items, &self.job, <float*>self.job.next_w)
 
 
-def sgd(w, dw, lr):
+def sgd(w, dw, lr, out=None):
     """
     Vanilla stochastic gradient descent in one pass.
 
     Inputs:
     - w, dw: numpy arrays of one shape and one float dtype
     - lr: learning rate
+    - out: None, or the array to write next_w into (w itself: in place)
 
     Returns:
-    - next_w: w - lr * dw, a new array (w and dw are not modified)
+    - next_w: w - lr * dw, a new array or out (dw is not modified, nor w
+      unless it is out)
     """
     dtype = _check_arrays((("w", w), ("dw", dw)), ())
+    next_w = _next_w(out, w, dtype, (("dw", dw),))
     w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
-    next_w = pooled_empty(w.shape, dtype)
     cdef _SgdWork work = _SgdWork()
     work.job.w, work.job.dw, work.job.next_w = _address(w, False), _address(dw, False), \
         _address(next_w, True)
@@ -280,7 +299,7 @@ cdef class _SgdMomentumWork(_Work):
                 _sgd_momentum_run(&self.items, &self.job, <float*>self.job.next_w)
 
 
-def sgd_momentum(w, dw, v, lr, mu):
+def sgd_momentum(w, dw, v, lr, mu, out=None):
     """
     SGD with momentum in one pass.
 
@@ -288,14 +307,15 @@ def sgd_momentum(w, dw, v, lr, mu):
     - w, dw: numpy arrays of one shape and one float dtype
     - v: velocity, same shape and dtype, C-contiguous; updated in place
     - lr, mu: learning rate and momentum
+    - out: None, or the array to write next_w into (w itself: in place)
 
     Returns a tuple of:
-    - next_w: w + v (a new array), v being the updated velocity
+    - next_w: w + v (a new array, or out), v being the updated velocity
     - v: the velocity array given, now mu * v - lr * dw
     """
     dtype = _check_arrays((("w", w), ("dw", dw)), (("velocity", v),))
+    next_w = _next_w(out, w, dtype, (("dw", dw), ("velocity", v)))
     w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
-    next_w = pooled_empty(w.shape, dtype)
     cdef _SgdMomentumWork work = _SgdMomentumWork()
     work.job.w, work.job.dw = _address(w, False), _address(dw, False)
     work.job.v, work.job.next_w = _address(v, True), _address(next_w, True)
@@ -356,7 +376,7 @@ cdef class _RmspropWork(_Work):
                 _rmsprop_run(&self.items, &self.job, <float*>self.job.next_w)
 
 
-def rmsprop(w, dw, cache, lr, decay, eps):
+def rmsprop(w, dw, cache, lr, decay, eps, out=None):
     """
     RMSProp in one pass.
 
@@ -365,14 +385,16 @@ def rmsprop(w, dw, cache, lr, decay, eps):
     - cache: moving average of squared gradients, same shape and dtype,
       C-contiguous; updated in place
     - lr, decay, eps: learning rate, decay rate and smoothing term
+    - out: None, or the array to write next_w into (w itself: in place)
 
     Returns a tuple of:
-    - next_w: w - lr * dw / (sqrt(cache) + eps) with the updated cache (a new array)
+    - next_w: w - lr * dw / (sqrt(cache) + eps) with the updated cache (a
+      new array, or out)
     - cache: the cache array given, now decay * cache + (1 - decay) * dw**2
     """
     dtype = _check_arrays((("w", w), ("dw", dw)), (("cache", cache),))
+    next_w = _next_w(out, w, dtype, (("dw", dw), ("cache", cache)))
     w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
-    next_w = pooled_empty(w.shape, dtype)
     cdef _RmspropWork work = _RmspropWork()
     work.job.w, work.job.dw = _address(w, False), _address(dw, False)
     work.job.cache, work.job.next_w = _address(cache, True), _address(next_w, True)
@@ -458,7 +480,7 @@ cdef class _AdamWork(_Work):
                 _adam_run(&self.items, &self.job, <float*>self.job.next_w)
 
 
-def adam(w, dw, m, v, beta1, beta2, step, eps_hat):
+def adam(w, dw, m, v, beta1, beta2, step, eps_hat, out=None):
     """
     Adam in one pass.
 
@@ -469,15 +491,17 @@ def adam(w, dw, m, v, beta1, beta2, step, eps_hat):
     - beta1, beta2: decay rates of the moments
     - step, eps_hat: learning rate and epsilon with the bias correction
       folded in (computed by xdl.optim.adam)
+    - out: None, or the array to write next_w into (w itself: in place)
 
     Returns a tuple of:
-    - next_w: w - step * m / (sqrt(v) + eps_hat) with the updated moments (a new array)
+    - next_w: w - step * m / (sqrt(v) + eps_hat) with the updated moments (a
+      new array, or out)
     - m: the array given, now beta1 * m + (1 - beta1) * dw
     - v: the array given, now beta2 * v + (1 - beta2) * dw**2
     """
     dtype = _check_arrays((("w", w), ("dw", dw)), (("m", m), ("v", v)))
+    next_w = _next_w(out, w, dtype, (("dw", dw), ("m", m), ("v", v)))
     w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
-    next_w = pooled_empty(w.shape, dtype)
     cdef _AdamWork work = _AdamWork()
     work.job.w, work.job.dw = _address(w, False), _address(dw, False)
     work.job.m, work.job.v = _address(m, True), _address(v, True)
@@ -526,22 +550,23 @@ cdef class _AdamWWork(_Work):
                 _adamw_run(&self.items, &self.job, <float*>self.job.next_w)
 
 
-def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink):
+def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out=None):
     """
     AdamW (Adam with decoupled weight decay) in one pass.
 
     Inputs:
     - w, dw, m, v, beta1, beta2, step, eps_hat: as adam
     - shrink: 1 - learning_rate * weight_decay (computed by xdl.optim.adamw)
+    - out: None, or the array to write next_w into (w itself: in place)
 
     Returns a tuple of:
     - next_w: shrink * w - step * m / (sqrt(v) + eps_hat) with the updated
-      moments (a new array)
+      moments (a new array, or out)
     - m, v: the arrays given, updated as in adam
     """
     dtype = _check_arrays((("w", w), ("dw", dw)), (("m", m), ("v", v)))
+    next_w = _next_w(out, w, dtype, (("dw", dw), ("m", m), ("v", v)))
     w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
-    next_w = pooled_empty(w.shape, dtype)
     cdef _AdamWWork work = _AdamWWork()
     work.job.w, work.job.dw = _address(w, False), _address(dw, False)
     work.job.m, work.job.v = _address(m, True), _address(v, True)

@@ -10,8 +10,9 @@ rounding (xdl/DESIGN.md, "One device interface"):
   strided inputs); without it, the NumPy kernels, announced by one
   ``SlowFallbackWarning``.
 - update rules, sum_of_squares, axpy: compiled for C-contiguous
-  float32/float64 numpy arrays of one dtype (``fused_kernels``), the
-  formulas otherwise (other float types, strided arrays, subclasses).
+  float32/float64 numpy arrays of one dtype (``fused_kernels``; an update
+  rule's ``out`` too), the formulas otherwise (other float types, strided
+  arrays, subclasses).
 - matmul: the compiled, tiled product for large float products (see
   ``matmul``), numpy's ``@`` otherwise.
 - affine_backward: the compiled sweep over the rows of w for large
@@ -209,29 +210,38 @@ def softmax_loss(x, y):
 
 # ------------------------------------------------------------ update rules
 
-def sgd(w, dw, lr):
+def _rule_kernels(out, *arrays):
+    """
+    The fused kernels when they take the arrays and out (when given), else
+    the NumPy formulas. Either checks out (_boundary.check_out).
+    """
+    return _elementwise(*arrays) if out is None else _elementwise(*arrays, out)
+
+
+def sgd(w, dw, lr, out=None):
     """numpy_kernels.sgd, fused when fused_kernels takes the arrays."""
-    return _elementwise(w, dw).sgd(w, dw, lr)
+    return _rule_kernels(out, w, dw).sgd(w, dw, lr, out)
 
 
-def sgd_momentum(w, dw, v, lr, mu):
+def sgd_momentum(w, dw, v, lr, mu, out=None):
     """numpy_kernels.sgd_momentum, fused when fused_kernels takes the arrays."""
-    return _elementwise(w, dw, v).sgd_momentum(w, dw, v, lr, mu)
+    return _rule_kernels(out, w, dw, v).sgd_momentum(w, dw, v, lr, mu, out)
 
 
-def rmsprop(w, dw, cache, lr, decay, eps):
+def rmsprop(w, dw, cache, lr, decay, eps, out=None):
     """numpy_kernels.rmsprop, fused when fused_kernels takes the arrays."""
-    return _elementwise(w, dw, cache).rmsprop(w, dw, cache, lr, decay, eps)
+    return _rule_kernels(out, w, dw, cache).rmsprop(w, dw, cache, lr, decay, eps, out)
 
 
-def adam(w, dw, m, v, beta1, beta2, step, eps_hat):
+def adam(w, dw, m, v, beta1, beta2, step, eps_hat, out=None):
     """numpy_kernels.adam, fused when fused_kernels takes the arrays."""
-    return _elementwise(w, dw, m, v).adam(w, dw, m, v, beta1, beta2, step, eps_hat)
+    return _rule_kernels(out, w, dw, m, v).adam(w, dw, m, v, beta1, beta2, step, eps_hat, out)
 
 
-def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink):
+def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out=None):
     """numpy_kernels.adamw, fused when fused_kernels takes the arrays."""
-    return _elementwise(w, dw, m, v).adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink)
+    return _rule_kernels(out, w, dw, m, v).adamw(w, dw, m, v, beta1, beta2, step, eps_hat,
+                                                 shrink, out)
 
 
 # ---------------------------------------------------- L2 regularization

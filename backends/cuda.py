@@ -444,62 +444,90 @@ def softmax_loss(x, y):
 # ---------------------------------------------------------------------------
 
 
-def sgd(w, dw, lr):
-    """Returns next_w = w - lr * dw."""
-    dtype = _fused_dtype((("w", w), ("dw", dw)))
+def _next_w(out, w, dtype, others):
+    """
+    The array a fused update kernel writes next_w into: a new one for
+    out=None, else out once checked (w itself, or an array of its own:
+    _boundary.check_out; C-contiguous: _pack checks it).
+    """
+    if out is None:
+        return _cupy().empty(w.shape, dtype=dtype)
+    _boundary.check_out(out, w, *others)
+    _float_dtype(("w", w), ("out", out))
+    return out
+
+
+def _fused_rule_dtype(out, inputs, state):
+    """
+    _fused_dtype of an update rule's arrays, out among them when given (a
+    strided out goes to the NumPy formula, which fills it).
+    """
+    if out is None:
+        return _fused_dtype(inputs, state)
+    return _fused_dtype(inputs, tuple(state) + (("out", out),))
+
+
+def sgd(w, dw, lr, out=None):
+    """Returns next_w = w - lr * dw (in out when given; out=w: in place)."""
+    inputs = (("w", w), ("dw", dw))
+    dtype = _fused_rule_dtype(out, inputs, ())
     if dtype is None:
-        return numpy_kernels.sgd(w, dw, lr)
-    next_w = _cupy().empty(w.shape, dtype=dtype)
+        return numpy_kernels.sgd(w, dw, lr, out)
+    next_w = _next_w(out, w, dtype, inputs[1:])
     _launch("sgd_update", dtype, w.size, w, dw, next_w, lr, w.size)
     return next_w
 
 
-def sgd_momentum(w, dw, v, lr, mu):
-    """Returns (next_w, v): v = mu * v - lr * dw in place, next_w = w + v."""
-    dtype = _fused_dtype((("w", w), ("dw", dw)), (("velocity", v),))
+def sgd_momentum(w, dw, v, lr, mu, out=None):
+    """Returns (next_w, v): v = mu * v - lr * dw in place, next_w = w + v (in out)."""
+    inputs, state = (("w", w), ("dw", dw)), (("velocity", v),)
+    dtype = _fused_rule_dtype(out, inputs, state)
     if dtype is None:
-        return numpy_kernels.sgd_momentum(w, dw, v, lr, mu)
-    next_w = _cupy().empty(w.shape, dtype=dtype)
+        return numpy_kernels.sgd_momentum(w, dw, v, lr, mu, out)
+    next_w = _next_w(out, w, dtype, inputs[1:] + state)
     _launch("sgd_momentum_update", dtype, w.size, w, dw, v, next_w, lr, mu, w.size)
     return next_w, v
 
 
-def rmsprop(w, dw, cache, lr, decay, eps):
+def rmsprop(w, dw, cache, lr, decay, eps, out=None):
     """
     Returns (next_w, cache): cache = decay * cache + (1 - decay) * dw**2 in
-    place, next_w = w - lr * dw / (sqrt(cache) + eps).
+    place, next_w = w - lr * dw / (sqrt(cache) + eps) (in out when given).
     """
-    dtype = _fused_dtype((("w", w), ("dw", dw)), (("cache", cache),))
+    inputs, state = (("w", w), ("dw", dw)), (("cache", cache),)
+    dtype = _fused_rule_dtype(out, inputs, state)
     if dtype is None:
-        return numpy_kernels.rmsprop(w, dw, cache, lr, decay, eps)
-    next_w = _cupy().empty(w.shape, dtype=dtype)
+        return numpy_kernels.rmsprop(w, dw, cache, lr, decay, eps, out)
+    next_w = _next_w(out, w, dtype, inputs[1:] + state)
     _launch("rmsprop_update", dtype, w.size, w, dw, cache, next_w,
             lr, decay, 1 - decay, eps, w.size)
     return next_w, cache
 
 
-def adam(w, dw, m, v, beta1, beta2, step, eps_hat):
+def adam(w, dw, m, v, beta1, beta2, step, eps_hat, out=None):
     """
     Returns (next_w, m, v): the moments updated in place and
-    next_w = w - step * m / (sqrt(v) + eps_hat), where step and eps_hat
-    carry the bias correction (computed by xdl.optim.adam).
+    next_w = w - step * m / (sqrt(v) + eps_hat) (in out when given), where
+    step and eps_hat carry the bias correction (computed by xdl.optim.adam).
     """
-    dtype = _fused_dtype((("w", w), ("dw", dw)), (("m", m), ("v", v)))
+    dtype = _fused_rule_dtype(out, (("w", w), ("dw", dw)), (("m", m), ("v", v)))
     if dtype is None:
-        return numpy_kernels.adam(w, dw, m, v, beta1, beta2, step, eps_hat)
-    return adamw(w, dw, m, v, beta1, beta2, step, eps_hat, 1.0)  # shrink 1: Adam
+        return numpy_kernels.adam(w, dw, m, v, beta1, beta2, step, eps_hat, out)
+    return adamw(w, dw, m, v, beta1, beta2, step, eps_hat, 1.0, out)  # shrink 1: Adam
 
 
-def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink):
+def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out=None):
     """
     Returns (next_w, m, v): the moments updated in place as in adam and
-    next_w = shrink * w - step * m / (sqrt(v) + eps_hat), where
-    shrink = 1 - lr * weight_decay (computed by xdl.optim.adamw).
+    next_w = shrink * w - step * m / (sqrt(v) + eps_hat) (in out when
+    given), where shrink = 1 - lr * weight_decay (computed by
+    xdl.optim.adamw).
     """
-    dtype = _fused_dtype((("w", w), ("dw", dw)), (("m", m), ("v", v)))
+    inputs, state = (("w", w), ("dw", dw)), (("m", m), ("v", v))
+    dtype = _fused_rule_dtype(out, inputs, state)
     if dtype is None:
-        return numpy_kernels.adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink)
-    next_w = _cupy().empty(w.shape, dtype=dtype)
+        return numpy_kernels.adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out)
+    next_w = _next_w(out, w, dtype, inputs[1:] + state)
     _launch("adamw_update", dtype, w.size, w, dw, m, v, next_w,
             beta1, 1 - beta1, beta2, 1 - beta2, step, eps_hat, shrink, w.size)
     return next_w, m, v

@@ -172,12 +172,15 @@ __global__ void maxpool_backward(const T* __restrict__ dout, const int* __restri
 // Fused update rules (xdl.optim): one launch per parameter instead of one per
 // array operation. Each reads w and dw, updates its state arrays in place and
 // writes next_w, with the arithmetic of the formulas in numpy_kernels.py.
+// next_w may be w itself (the update in place, xdl.optim's out=w): each
+// thread reads w[i] before it writes next_w[i], and w and next_w are not
+// __restrict__ (the other arrays are distinct, _boundary.check_out).
 // ---------------------------------------------------------------------------
 
 // next_w = w - lr * dw
 template <typename T>
-__global__ void sgd_update(const T* __restrict__ w, const T* __restrict__ dw,
-                           T* __restrict__ next_w, T lr, long long n)
+__global__ void sgd_update(const T* w, const T* __restrict__ dw,
+                           T* next_w, T lr, long long n)
 {
     XDL_GRID_STRIDE_LOOP(i, n) {
         next_w[i] = w[i] - lr * dw[i];
@@ -186,8 +189,8 @@ __global__ void sgd_update(const T* __restrict__ w, const T* __restrict__ dw,
 
 // v = mu * v - lr * dw (in place); next_w = w + v
 template <typename T>
-__global__ void sgd_momentum_update(const T* __restrict__ w, const T* __restrict__ dw,
-                                    T* __restrict__ v, T* __restrict__ next_w,
+__global__ void sgd_momentum_update(const T* w, const T* __restrict__ dw,
+                                    T* __restrict__ v, T* next_w,
                                     T lr, T mu, long long n)
 {
     XDL_GRID_STRIDE_LOOP(i, n) {
@@ -200,8 +203,8 @@ __global__ void sgd_momentum_update(const T* __restrict__ w, const T* __restrict
 // cache = decay * cache + (1 - decay) * dw^2 (in place);
 // next_w = w - lr * dw / (sqrt(cache) + eps). one_m_decay = 1 - decay.
 template <typename T>
-__global__ void rmsprop_update(const T* __restrict__ w, const T* __restrict__ dw,
-                               T* __restrict__ cache, T* __restrict__ next_w,
+__global__ void rmsprop_update(const T* w, const T* __restrict__ dw,
+                               T* __restrict__ cache, T* next_w,
                                T lr, T decay, T one_m_decay, T eps, long long n)
 {
     XDL_GRID_STRIDE_LOOP(i, n) {
@@ -218,8 +221,8 @@ __global__ void rmsprop_update(const T* __restrict__ w, const T* __restrict__ dw
 // caller and shrink = 1 - lr * weight_decay (AdamW's decoupled weight decay;
 // 1 for Adam, where shrink * w is w exactly).
 template <typename T>
-__global__ void adamw_update(const T* __restrict__ w, const T* __restrict__ dw,
-                             T* __restrict__ m, T* __restrict__ v, T* __restrict__ next_w,
+__global__ void adamw_update(const T* w, const T* __restrict__ dw,
+                             T* __restrict__ m, T* __restrict__ v, T* next_w,
                              T beta1, T one_m_beta1, T beta2, T one_m_beta2,
                              T step, T eps_hat, T shrink, long long n)
 {

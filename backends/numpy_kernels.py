@@ -16,7 +16,8 @@ Column layout, shared by every backend: ``cols`` has shape
 
 Update rules: each updates its state arrays (velocity, cache, moments) in
 place and returns ``(next_w, *state)``, the state being the arrays given;
-``w`` and ``dw`` are never modified. Scalars arrive as the caller computed
+``dw`` is never modified, nor ``w`` unless it is given as ``out`` (next_w is
+then written over it: the update in place). Scalars arrive as the caller computed
 them (``xdl.optim`` folds Adam's bias correction into ``step`` and
 ``eps_hat``).
 """
@@ -410,40 +411,54 @@ def softmax_loss(x, y):
 
 # ------------------------------------------------------------ update rules
 
-def _check_rule(w, dw, **state):
+def _check_rule(w, dw, out, **state):
     _boundary.check_floating("w", w)
     _boundary.check_same_shape(("w", w), ("dw", dw), *state.items())
+    _boundary.check_out(out, w, ("dw", dw), *state.items())
 
 
-def sgd(w, dw, lr):
+def _into(out, next_w):
+    """next_w, or out holding next_w's values when out is given."""
+    if out is None:
+        return next_w
+    out[...] = next_w
+    return out
+
+
+# Every rule takes out: None for a new next_w, or an array of w's shape and
+# dtype to write it into, w itself for the update in place
+# (_boundary.check_out says what else out may be).
+
+def sgd(w, dw, lr, out=None):
     """
     Returns:
-    - next_w: w - lr * dw
+    - next_w: w - lr * dw (in out when given)
     """
-    _check_rule(w, dw)
-    return w - lr * dw
+    _check_rule(w, dw, out)
+    return _into(out, w - lr * dw)
 
 
-def sgd_momentum(w, dw, v, lr, mu):
+def sgd_momentum(w, dw, v, lr, mu, out=None):
     """
     Returns a tuple of:
-    - next_w: w + v, v being the updated velocity
+    - next_w: w + v, v being the updated velocity (in out when given)
     - v: the velocity given, updated in place to mu * v - lr * dw
     """
-    _check_rule(w, dw, velocity=v)
+    _check_rule(w, dw, out, velocity=v)
     v *= mu
     v -= lr * dw
-    return w + v, v
+    return _into(out, w + v), v
 
 
-def rmsprop(w, dw, cache, lr, decay, eps):
+def rmsprop(w, dw, cache, lr, decay, eps, out=None):
     """
     Returns a tuple of:
-    - next_w: w - lr * dw / (sqrt(cache) + eps) with the updated cache
+    - next_w: w - lr * dw / (sqrt(cache) + eps) with the updated cache (in
+      out when given)
     - cache: the cache given, updated in place to
       decay * cache + (1 - decay) * dw**2
     """
-    _check_rule(w, dw, cache=cache)
+    _check_rule(w, dw, out, cache=cache)
     xp = get_array_module(w, dw, cache)
     tmp = dw * dw  # the one new buffer of the step; it becomes next_w
     tmp *= 1 - decay
@@ -454,7 +469,7 @@ def rmsprop(w, dw, cache, lr, decay, eps):
     xp.divide(dw, tmp, out=tmp)
     tmp *= -lr
     tmp += w
-    return tmp, cache
+    return _into(out, tmp), cache
 
 
 def _adam_moments(dw, m, v, beta1, beta2):
@@ -471,27 +486,28 @@ def _adam_moments(dw, m, v, beta1, beta2):
     return tmp
 
 
-def adam(w, dw, m, v, beta1, beta2, step, eps_hat):
+def adam(w, dw, m, v, beta1, beta2, step, eps_hat, out=None):
     """
     Adam with its bias correction folded into step and eps_hat (see
     xdl.optim.adam).
 
     Returns a tuple of:
     - next_w: w - step * m / (sqrt(v) + eps_hat) with the updated moments
+      (in out when given)
     - m: the array given, updated in place to beta1 * m + (1 - beta1) * dw
     - v: the array given, updated in place to beta2 * v + (1 - beta2) * dw**2
     """
-    _check_rule(w, dw, m=m, v=v)
+    _check_rule(w, dw, out, m=m, v=v)
     xp = get_array_module(w, dw, m, v)
     tmp = _adam_moments(dw, m, v, beta1, beta2)  # becomes next_w
     tmp += eps_hat
     xp.divide(m, tmp, out=tmp)
     tmp *= -step
     tmp += w
-    return tmp, m, v
+    return _into(out, tmp), m, v
 
 
-def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink):
+def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out=None):
     """
     AdamW: Adam with decoupled weight decay (Loshchilov and Hutter), as
     torch.optim.AdamW: the weights shrink by shrink = 1 - lr * weight_decay
@@ -499,9 +515,10 @@ def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink):
 
     Returns a tuple of:
     - next_w: shrink * w - step * m / (sqrt(v) + eps_hat), m and v updated
+      (in out when given)
     - m, v: the arrays given, updated in place as in adam
     """
-    _check_rule(w, dw, m=m, v=v)
+    _check_rule(w, dw, out, m=m, v=v)
     xp = get_array_module(w, dw, m, v)
     tmp = _adam_moments(dw, m, v, beta1, beta2)
     tmp += eps_hat
@@ -509,7 +526,7 @@ def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink):
     tmp *= -step
     next_w = w * shrink
     next_w += tmp
-    return next_w, m, v
+    return _into(out, next_w), m, v
 
 
 # ---------------------------------------------------- L2 regularization

@@ -340,8 +340,9 @@ class XdlTrainer:
     def step(self, X, y):
         with labels_checked():  # as in the Solver: the labels were made valid, once
             loss, grads = self.model.loss(X, y)
-        for k, w in self.model.params.items():
-            self.model.params[k], self.configs[k] = optim.adam(w, grads[k], self.configs[k])
+        for k, w in self.model.params.items():  # in place, as the Solver does
+            self.model.params[k], self.configs[k] = optim.adam(w, grads[k], self.configs[k],
+                                                               out=w)
         return loss
 
 

@@ -741,6 +741,101 @@ def test_update_rules_take_strided_state_and_other_float_types(impl, rule):
     np.testing.assert_allclose(host(got[0]).astype(np.float64), expected[0], rtol=2e-2, atol=2e-2)
 
 
+STATE_NAMES = {"sgd": (), "sgd_momentum": ("velocity",), "rmsprop": ("cache",),
+               "adam": ("m", "v"), "adamw": ("m", "v")}
+
+
+def _run_rule(impl, rule, w, dw, state, scalars, dtype, out_kind):
+    """Run `rule` on fresh device copies; out_kind None, 'w', 'other' or 'strided'."""
+    W, DW = impl.put(w, dtype), impl.put(dw, dtype)
+    S = [impl.put(s, dtype) for s in state]
+    out = {None: None, "w": W, "other": impl.put(np.full(w.shape, 7.0), dtype),
+           "strided": impl.put(np.full((w.shape[0], 2 * w.shape[1]), 7.0), dtype)[:, ::2]
+           }[out_kind]
+    got = getattr(impl.ops, rule)(W, DW, *S, *scalars, out=out)
+    got = got if isinstance(got, tuple) else (got,)
+    return W, out, got, S
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_update_rules_write_next_w_into_out(impl, rule, dtype):
+    # out=w is the update in place: the bits of a new next_w, in w. Another
+    # array receives next_w and is returned; w is then left as it was.
+    rng = np.random.RandomState(11)
+    w, dw = rng.randn(7, 9), rng.randn(7, 9)
+    state, scalars, _ = rule_case(rule, rng)
+    _, _, new, new_state = _run_rule(impl, rule, w, dw, state, scalars, dtype, None)
+    W, out, got, S = _run_rule(impl, rule, w, dw, state, scalars, dtype, "w")
+    assert got[0] is W
+    np.testing.assert_array_equal(host(W), host(new[0]))
+    for s, g, e in zip(S, got[1:], new_state):
+        assert g is s
+        np.testing.assert_array_equal(host(s), host(e))
+    W, out, got, _ = _run_rule(impl, rule, w, dw, state, scalars, dtype, "other")
+    assert got[0] is out
+    np.testing.assert_array_equal(host(out), host(new[0]))
+    np.testing.assert_array_equal(host(W), w.astype(dtype))
+    # A strided out (which the fused kernels do not take) gets the formula's values.
+    W, out, got, _ = _run_rule(impl, rule, w, dw, state, scalars, dtype, "strided")
+    assert got[0] is out
+    assert_close(out, host(new[0]).astype(np.float64), dtype)
+    np.testing.assert_array_equal(host(W), w.astype(dtype))
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_update_rules_in_place_on_a_strided_w(impl, rule):
+    # w a column slice given as its own out: the formula updates the slice
+    # and leaves the columns between alone.
+    rng = np.random.RandomState(13)
+    w, dw = rng.randn(7, 9), rng.randn(7, 9)
+    state, scalars, reference = rule_case(rule, rng)
+    base = impl.put(np.repeat(w, 2, axis=1))
+    W = base[:, ::2]
+    got = getattr(impl.ops, rule)(W, impl.put(dw), *[impl.put(s) for s in state], *scalars,
+                                  out=W)
+    got = got if isinstance(got, tuple) else (got,)
+    assert got[0] is W
+    assert_close(W, reference(w, dw, *state)[0], np.float64)
+    np.testing.assert_array_equal(host(base)[:, 1::2], w)
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_update_rules_refuse_a_bad_out_before_updating_anything(impl, rule):
+    rng = np.random.RandomState(12)
+    w, dw = rng.randn(7, 9), rng.randn(7, 9)
+    state, scalars, _ = rule_case(rule, rng)
+    W, DW = impl.put(w), impl.put(dw)
+    S = [impl.put(s) for s in state]
+
+    def call(out):
+        return getattr(impl.ops, rule)(W, DW, *S, *scalars, out=out)
+    with pytest.raises(ValueError, match=r"out has shape \(9, 7\) but w has shape \(7, 9\)"):
+        call(impl.put(np.zeros((9, 7))))
+    with pytest.raises(TypeError, match="out has dtype float32 but w has dtype float64"):
+        call(impl.put(np.zeros((7, 9)), np.float32))
+    with pytest.raises(TypeError, match="out must be"):
+        call([[0.0] * 9] * 7)
+    with pytest.raises(ValueError, match="out shares memory with dw"):
+        call(DW)
+    for name, s in zip(STATE_NAMES[rule], S):
+        with pytest.raises(ValueError, match="out shares memory with %s" % name):
+            call(s)
+    # An array overlapping w without being w would be read after it was written.
+    base = impl.put(np.concatenate([w.ravel(), [0.0]]))
+    shifted = base[1:].reshape(7, 9)
+    with pytest.raises(ValueError, match="out shares memory with w"):
+        getattr(impl.ops, rule)(base[:-1].reshape(7, 9), DW, *S, *scalars, out=shifted)
+    if impl.xp is np:
+        frozen = np.zeros((7, 9))
+        frozen.flags.writeable = False
+        with pytest.raises(ValueError, match="out is read-only"):
+            call(frozen)
+    np.testing.assert_array_equal(host(W), w)
+    for s, s0 in zip(S, state):
+        np.testing.assert_array_equal(host(s), s0)
+
+
 # ---------------------------------------------------------------------------
 # Bad input at the kernel boundary
 # ---------------------------------------------------------------------------

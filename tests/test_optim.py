@@ -243,3 +243,37 @@ def test_adamw_matches_torch(dtype):
         np.testing.assert_allclose(w, param.detach().numpy(),
                                    rtol=1e-5 if dtype == np.float32 else 1e-13,
                                    atol=1e-6 if dtype == np.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("rule", sorted(optim.UPDATE_RULES))
+def test_out_w_updates_in_place_with_the_same_values(xp, dtype, rule):
+    # Three steps with out=w against three with new arrays: the same bits,
+    # the same state, and w is the array returned each time.
+    update = optim.get_update_rule(rule)
+    w0, dw = _w_dw(xp)
+    w0, dw = w0.astype(dtype), dw.astype(dtype)
+    new, new_config = w0.copy(), {"learning_rate": 1e-2}
+    w, config = w0.copy(), {"learning_rate": 1e-2}
+    for _ in range(3):
+        new, new_config = update(new, dw, new_config)
+        returned, config = update(w, dw, config, out=w)
+        assert returned is w
+    np.testing.assert_array_equal(host(w), host(new))
+    for key, value in new_config.items():
+        np.testing.assert_array_equal(host(config[key]), host(value))
+
+
+def test_a_bad_out_changes_nothing(xp):
+    w, dw = _w_dw(xp)
+    config = {"learning_rate": 1e-2}
+    optim.adam(w, dw, config)
+    m, t = host(config["m"]).copy(), config["t"]
+    with pytest.raises(ValueError, match="out shares memory with dw"):
+        optim.adam(w, dw, config, out=dw)
+    with pytest.raises(ValueError, match=r"out has shape \(5, 4\) but w has shape \(4, 5\)"):
+        optim.adam(w, dw, config, out=w.T.copy())
+    assert config["t"] == t
+    np.testing.assert_array_equal(host(config["m"]), m)
+    if xp is not np:
+        with pytest.raises(TypeError, match="mixed numpy and cupy arrays: out is a numpy"):
+            optim.sgd(w, dw, None, out=np.zeros((N, D)))

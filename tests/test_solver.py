@@ -296,3 +296,59 @@ def test_gpu_training_set_is_copied_once_or_falls_back(gpu, monkeypatch, capsys)
     fallback = Solver(model, data, num_epochs=1, batch_size=20, print_every=0)
     assert fallback._on_model_device(data["X_train"], data["y_train"])[0] is data["X_train"]
     assert "do not fit in the GPU's free memory" in capsys.readouterr().out
+
+
+def _adam_as_users_write_it(w, dw, config=None):
+    """xdl's adam behind a rule of the user's: the Solver calls it without out."""
+    return xdl.optim.adam(w, dw, config)
+
+
+def test_steps_after_the_first_update_the_parameters_in_place(backend):
+    # The model's own arrays are never written; from the second step on each
+    # parameter is the array the step before made, updated in place, and
+    # training gives the bits of a rule that makes new arrays.
+    data = small_data()
+    kwargs = dict(optim_config={"learning_rate": 1e-2}, num_epochs=3, batch_size=20,
+                  verbose=False)
+    model = make_model()
+    given = dict(model.params)
+    given_values = {k: host(v).copy() for k, v in given.items()}
+    np.random.seed(3)
+    solver = Solver(model, data, update_rule="adam", **kwargs)
+    solver._step()
+    first = dict(model.params)
+    assert all(first[k] is not given[k] for k in given)
+    solver._step()
+    solver._step()
+    assert all(model.params[k] is first[k] for k in first)
+    for k, v in given.items():
+        np.testing.assert_array_equal(host(v), given_values[k])
+
+    np.random.seed(4)
+    in_place = Solver(make_model(), data, update_rule="adam", **kwargs)
+    in_place.train()
+    np.random.seed(4)
+    new_arrays = Solver(make_model(), data, update_rule=_adam_as_users_write_it, **kwargs)
+    new_arrays.train()
+    assert in_place.loss_history == new_arrays.loss_history
+    for k in in_place.model.params:
+        np.testing.assert_array_equal(host(in_place.model.params[k]),
+                                      host(new_arrays.model.params[k]))
+
+
+def test_training_again_never_writes_over_best_params(backend):
+    # After train() the model holds the best_params arrays themselves; the
+    # steps of a second train() must leave them as they were.
+    model = make_model()
+    solver = Solver(model, small_data(), update_rule="sgd_momentum",
+                    optim_config={"learning_rate": 1e-2}, num_epochs=2, batch_size=20,
+                    verbose=False)
+    solver.train()
+    assert all(model.params[k] is solver.best_params[k] for k in model.params)
+    kept = {k: host(v).copy() for k, v in solver.best_params.items()}
+    best = dict(solver.best_params)
+    for _ in range(3):
+        solver._step()
+    assert any(not np.array_equal(host(model.params[k]), kept[k]) for k in kept)
+    for k, v in best.items():
+        np.testing.assert_array_equal(host(v), kept[k])

@@ -3,7 +3,7 @@ First-order update rules for training neural networks.
 
 Each update rule has the interface:
 
-    def update(w, dw, config=None):
+    def update(w, dw, config=None, out=None):
 
 Inputs:
   - w: An array giving the current weights.
@@ -12,6 +12,10 @@ Inputs:
   - config: A dictionary containing hyperparameter values such as learning
     rate, momentum, etc. If the update rule requires caching values over many
     iterations, then config will also hold these cached values.
+  - out: Optional array to write next_w into: w itself for the update in
+    place (saves a new array and its memory traffic each step; the Solver
+    does this), or an array of w's shape and dtype sharing no memory with
+    w, dw or the state.
 
 Returns:
   - next_w: The next point after the update.
@@ -24,7 +28,8 @@ device with w's dtype on the first step), and call the rule of the same
 name on w's device (``xdl.backends.kernels_for``): one fused kernel where
 one applies, else the NumPy formula of ``xdl.backends.numpy_kernels``. The
 state arrays in config are updated in place; each step allocates one new
-array, next_w; w and dw are never modified. A config key that is neither a
+array, next_w, unless out is given; dw is never modified, nor w unless it
+is out. A config key that is neither a
 hyperparameter nor a state of the rule raises ValueError, listing the keys
 the rule takes. ``get_update_rule(name)`` looks a rule up by name for the
 Solver; xdl/DESIGN.md ("Update rules") shows how to add one.
@@ -96,9 +101,12 @@ def check_config(rule, config):
                                 _describe(rule)))
 
 
-def _config(rule, w, dw, config):
-    """Check w, dw and the config's keys; return the config dict (a new one for None)."""
-    check_same_device(w=w, dw=dw)
+def _config(rule, w, dw, config, out=None):
+    """
+    Check w, dw, out's device and the config's keys; return the config dict
+    (a new one for None). The kernels check the rest of out.
+    """
+    check_same_device(w=w, dw=dw, out=out)
     if w.shape != dw.shape:
         raise ValueError("dw has shape %s but w has shape %s" % (dw.shape, w.shape))
     if config is None:
@@ -163,20 +171,20 @@ def _adam_bias_correction(lr, beta1, beta2, eps, t):
     return lr * root / (1 - beta1 ** t), eps * root
 
 
-def sgd(w, dw, config=None):
+def sgd(w, dw, config=None, out=None):
     """
     Performs vanilla stochastic gradient descent.
 
     config format:
     - learning_rate: Scalar learning rate.
     """
-    config = _config("sgd", w, dw, config)
+    config = _config("sgd", w, dw, config, out)
     lr, = _hyperparameters("sgd", config)
-    next_w = kernels_for(w, dw).sgd(w, dw, lr)
+    next_w = kernels_for(w, dw, out).sgd(w, dw, lr, out)
     return next_w, config
 
 
-def sgd_momentum(w, dw, config=None):
+def sgd_momentum(w, dw, config=None, out=None):
     """
     Performs stochastic gradient descent with momentum.
 
@@ -187,14 +195,14 @@ def sgd_momentum(w, dw, config=None):
     - velocity: An array of the same shape as w and dw used to store a
       moving average of the gradients.
     """
-    config = _config("sgd_momentum", w, dw, config)
+    config = _config("sgd_momentum", w, dw, config, out)
     lr, mu = _hyperparameters("sgd_momentum", config)
     v, = _state(config, w, "velocity")
-    next_w, _ = kernels_for(w, dw, v).sgd_momentum(w, dw, v, lr, mu)
+    next_w, _ = kernels_for(w, dw, v, out).sgd_momentum(w, dw, v, lr, mu, out)
     return next_w, config
 
 
-def rmsprop(w, dw, config=None):
+def rmsprop(w, dw, config=None, out=None):
     """
     Uses the RMSProp update rule, which uses a moving average of squared
     gradient values to set adaptive per-parameter learning rates.
@@ -206,14 +214,14 @@ def rmsprop(w, dw, config=None):
     - epsilon: Small scalar used for smoothing to avoid dividing by zero.
     - cache: Moving average of second moments of gradients.
     """
-    config = _config("rmsprop", w, dw, config)
+    config = _config("rmsprop", w, dw, config, out)
     lr, decay, eps = _hyperparameters("rmsprop", config)
     cache, = _state(config, w, "cache")
-    next_w, _ = kernels_for(w, dw, cache).rmsprop(w, dw, cache, lr, decay, eps)
+    next_w, _ = kernels_for(w, dw, cache, out).rmsprop(w, dw, cache, lr, decay, eps, out)
     return next_w, config
 
 
-def adam(w, dw, config=None):
+def adam(w, dw, config=None, out=None):
     """
     Uses the Adam update rule, which incorporates moving averages of both the
     gradient and its square and a bias correction term.
@@ -227,17 +235,18 @@ def adam(w, dw, config=None):
     - v: Moving average of squared gradient.
     - t: Iteration number.
     """
-    config = _config("adam", w, dw, config)
+    config = _config("adam", w, dw, config, out)
     lr, beta1, beta2, eps = _hyperparameters("adam", config)
     m, v = _state(config, w, "m", "v")
     t = _steps_taken(config) + 1
     step, eps_hat = _adam_bias_correction(lr, beta1, beta2, eps, t)
-    next_w, _, _ = kernels_for(w, dw, m, v).adam(w, dw, m, v, beta1, beta2, step, eps_hat)
+    next_w, _, _ = kernels_for(w, dw, m, v, out).adam(w, dw, m, v, beta1, beta2, step, eps_hat,
+                                                      out)
     config["t"] = t
     return next_w, config
 
 
-def adamw(w, dw, config=None):
+def adamw(w, dw, config=None, out=None):
     """
     Uses the AdamW update rule (Loshchilov and Hutter, "Decoupled Weight
     Decay Regularization"), as torch.optim.AdamW: Adam whose weight decay
@@ -249,14 +258,14 @@ def adamw(w, dw, config=None):
     - learning_rate, beta1, beta2, epsilon, m, v, t: as for adam.
     - weight_decay: Decoupled weight decay; 0 gives adam.
     """
-    config = _config("adamw", w, dw, config)
+    config = _config("adamw", w, dw, config, out)
     lr, beta1, beta2, eps, weight_decay = _hyperparameters("adamw", config)
     m, v = _state(config, w, "m", "v")
     t = _steps_taken(config) + 1
     step, eps_hat = _adam_bias_correction(lr, beta1, beta2, eps, t)
     shrink = 1 - lr * weight_decay
-    next_w, _, _ = kernels_for(w, dw, m, v).adamw(w, dw, m, v, beta1, beta2, step, eps_hat,
-                                                  shrink)
+    next_w, _, _ = kernels_for(w, dw, m, v, out).adamw(w, dw, m, v, beta1, beta2, step, eps_hat,
+                                                       shrink, out)
     config["t"] = t
     return next_w, config
 
