@@ -370,56 +370,115 @@ def step_flops():
     return 2 * conv + 3 * affine + 3 * scores
 
 
-def gemm_peak(dtype, n=2048, repeats=5):
+# The training iteration's cases (xdl, torch, the GEMM peak; the thread
+# counts) are timed in turn, this many rounds: a change in the machine's
+# load then reaches every case alike, and the ratios between them are
+# steadier than with one case timed after the other.
+ROUNDS = 5
+
+
+class Case:
+    """One timed case of interleaved_times: fn, sync, untimed runs per round, timed runs."""
+
+    def __init__(self, fn, sync=lambda: None, warmup=2, repeats=4, before=None):
+        self.fn, self.sync, self.warmup, self.repeats = fn, sync, warmup, repeats
+        self.before = before  # called before the case's runs in each round (settings)
+        self.times, self.round_medians = [], []
+
+    @property
+    def median(self):
+        return statistics.median(self.times)
+
+
+def interleaved_times(cases, rounds=ROUNDS):
     """
-    numpy's GEMM rate on two n x n matrices, in FLOP/s: the machine's
-    practical peak in this run. numpy's BLAS uses its own threads (every
-    usable CPU unless OPENBLAS_NUM_THREADS says otherwise).
+    Time the cases in turn: in each of `rounds` rounds, every case runs its
+    warm-up and then its timed runs, the order reversed every other round.
+    Fills each case's times (every timed run) and round_medians; returns
+    the cases.
+    """
+    for r in range(rounds):
+        for case in (cases if r % 2 == 0 else cases[::-1]):
+            if case.before is not None:
+                case.before()
+            settle()  # the other library's threads stop spinning
+            for _ in range(case.warmup):
+                case.fn()
+            case.sync()
+            block = []
+            for _ in range(case.repeats):
+                case.sync()
+                t0 = time.perf_counter()
+                case.fn()
+                case.sync()
+                block.append(time.perf_counter() - t0)
+            case.times += block
+            case.round_medians.append(statistics.median(block))
+    return cases
+
+
+def gemm_peak_case(dtype, n=2048):
+    """
+    A Case timing numpy's GEMM on two n x n matrices (2 * n**3 FLOPs): the
+    machine's practical peak in this run. numpy's BLAS uses its own threads
+    (every usable CPU unless OPENBLAS_NUM_THREADS says otherwise).
     """
     a = np.random.RandomState(0).randn(n, n).astype(dtype)
-    t = median_time(lambda: a @ a, lambda: None, repeats, warmup=1)
-    settle()  # numpy's BLAS threads spin for a while after a call
-    return 2.0 * n ** 3 / t
+    return Case(lambda: a @ a, warmup=1, repeats=1)
 
 
-def time_step(device, dtype, repeats):
-    """Median time of one XdlTrainer step, and the trainer."""
+def step_case(device, dtype, before=None):
+    """A Case timing one XdlTrainer step on a fixed random minibatch."""
     rng = np.random.RandomState(0)
-    X_h = rng.randn(BATCH, 3, 32, 32).astype(dtype)
-    y_h = rng.randint(10, size=BATCH)
+    X = device.asarray(rng.randn(BATCH, 3, 32, 32).astype(dtype))
+    y = device.asarray(rng.randint(10, size=BATCH))
     trainer = XdlTrainer(device, dtype)
-    X, y = device.asarray(X_h), device.asarray(y_h)
-    settle()
-    return median_time(lambda: trainer.step(X, y), device.sync, repeats, warmup=5)
+    return Case(lambda: trainer.step(X, y), device.sync, before=before)
+
+
+def _spread(values, fmt):
+    """'lo to hi' of per-round figures."""
+    return "%s to %s" % (fmt % min(values), fmt % max(values))
 
 
 def bench_training(table, device, torch, dtype, args):
     rng = np.random.RandomState(0)
     X_h = rng.randn(BATCH, 3, 32, 32).astype(dtype)
     y_h = rng.randint(10, size=BATCH)
-    reps = max(5, args.repeats // 2)
-    it = time_step(device, dtype, reps)
-
-    t_it = None
+    xdl_case = step_case(device, dtype)
+    cases = [xdl_case]
+    torch_case = peak_case = None
     if torch is not None:
         tt = TorchTrainer(torch, device, dtype)
         Xt = torch.tensor(X_h, device=tt.tdev)
         yt = torch.tensor(y_h, device=tt.tdev)
-        settle()
-        t_it = median_time(lambda: tt.step(Xt, yt), lambda: torch_sync(torch, device), reps,
-                           warmup=5)
+        torch_case = Case(lambda: tt.step(Xt, yt), lambda: torch_sync(torch, device))
+        cases.append(torch_case)
+    if device.name == "cpu":
+        peak_case = gemm_peak_case(dtype)
+        cases.append(peak_case)
+    interleaved_times(cases)
 
+    it = xdl_case.median
+    t_it = None if torch_case is None else torch_case.median
     name = np.dtype(dtype).name
     table.row("train iteration (batch %d, Adam)" % BATCH, it, None, t_it,
               target="training iteration", limit=STEP_TARGETS[name])
     table.row("  projected epoch (%d it)" % ITERATIONS_PER_EPOCH, it * ITERATIONS_PER_EPOCH,
               None, None if t_it is None else t_it * ITERATIONS_PER_EPOCH, unit="s")
-    if device.name == "cpu":
-        peak = gemm_peak(dtype)
-        rate = step_flops() / it
+    print("  timed in turn, %d rounds of %d steps each (%s ms per xdl step by round)"
+          % (ROUNDS, xdl_case.repeats, _spread([t * 1e3 for t in xdl_case.round_medians],
+                                                "%.2f")))
+    if torch_case is not None:
+        print("  xdl/torch by round: %s" % _spread(
+            [a / b for a, b in zip(xdl_case.round_medians, torch_case.round_medians)], "%.2f"))
+    if peak_case is not None:
+        flops = step_flops()
+        peak = 2.0 * 2048 ** 3 / peak_case.median
+        rate = flops / it
         line = ("  GEMM work %.2f GFLOP: %.0f GFLOP/s = %.0f%% of the %s GEMM peak "
                 "(numpy 2048^2: %.0f GFLOP/s)"
-                % (step_flops() / 1e9, rate / 1e9, 100 * rate / peak, name, peak / 1e9))
+                % (flops / 1e9, rate / 1e9, 100 * rate / peak, name, peak / 1e9))
         if name == "float32":
             met = rate / peak >= PEAK_TARGET
             line += "  %s (>= %.0f%%)" % ("met" if met else "MISSED", 100 * PEAK_TARGET)
@@ -427,27 +486,29 @@ def bench_training(table, device, torch, dtype, args):
                 table.misses.append("training iteration (>= %.0f%% of the GEMM peak)"
                                     % (100 * PEAK_TARGET))
         print(line)
+        shares = [100 * (flops / a) / (2.0 * 2048 ** 3 / b)
+                  for a, b in zip(xdl_case.round_medians, peak_case.round_medians)]
+        print("  share of the GEMM peak by round: %s" % _spread(shares, "%.0f%%"))
 
 
 def bench_scaling(device, dtype, args):
     """
     The training iteration at 1, 2, 4, ... threads, up to the CPUs this
-    process may use (1 and 2 always): the kernels should use every core
-    they are given.
+    process may use (1 and 2 always), timed in turn: the kernels should use
+    every core they are given.
     """
     from xdl.backends import _cpu_team, cpu
     if cpu.compiled is None:
         return
     usable = _cpu_team.usable_cpus()
     counts = sorted({1, 2, usable} | {n for n in (4, 8, 16, 32, 64) if n < usable})
-    reps = max(5, args.repeats // 2)
-    times = []
     try:
-        for n in counts:
-            cpu.compiled.set_num_threads(n)
-            times.append(time_step(device, dtype, reps))
+        cases = [step_case(device, dtype, before=lambda n=n: cpu.compiled.set_num_threads(n))
+                 for n in counts]
+        interleaved_times(cases)
     finally:
         cpu.compiled.set_num_threads(args.threads)
+    times = [c.median for c in cases]
     parts = ["%d thread%s %.2f ms (%.2fx)" % (n, "" if n == 1 else "s", t * 1e3, times[0] / t)
              for n, t in zip(counts, times)]
     print("  thread scaling of the iteration (%d usable CPUs): %s" % (usable, ", ".join(parts)))

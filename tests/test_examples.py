@@ -313,3 +313,20 @@ def test_synthetic_data_has_the_requested_sizes():
     data = common.synthetic_data(7, np.float32, 0, num_val=3, num_test=2)
     assert {k: v.shape[0] for k, v in data.items()} == {
         "X_train": 7, "y_train": 7, "X_val": 3, "y_val": 3, "X_test": 2, "y_test": 2}
+
+
+def test_benchmark_times_the_training_cases_in_turn(monkeypatch):
+    # Every case runs its warm-up and timed runs in each round, the order of
+    # the cases reversed every other round; times and round medians filled.
+    monkeypatch.setattr(benchmark, "settle", lambda: None)
+    calls, before = [], []
+    cases = [benchmark.Case(lambda name=name: calls.append(name), warmup=w, repeats=r,
+                            before=lambda name=name: before.append(name))
+             for name, w, r in (("a", 2, 3), ("b", 1, 1))]
+    benchmark.interleaved_times(cases, rounds=3)
+    assert calls == list("aaaaabb" "bbaaaaa" "aaaaabb")
+    assert before == list("ab" "ba" "ab")
+    assert [len(c.times) for c in cases] == [9, 3]
+    assert [len(c.round_medians) for c in cases] == [3, 3]
+    assert all(t >= 0 for c in cases for t in c.times)
+    assert cases[0].median == sorted(cases[0].times)[4]
