@@ -13,7 +13,10 @@ PyTorch (same dtype, same number of threads). PyTorch is optional (it is
 never a dependency of xdl): without it those columns are empty. On the CPU
 the training iteration is also given as a fraction of the GEMM peak
 measured in the same run (its GEMMs' FLOPs / time / numpy's 2048^2 rate),
-and timed at 1, 2, ... threads.
+and timed at 1, 2, ... threads. The training iteration, PyTorch's and the
+GEMM peak are timed in turn, round after round (as are the thread counts),
+so that a change in the machine's load reaches them alike; the spread of
+the rounds is printed with them.
 
 On the CPU, run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (they
 slow numpy's BLAS), on an otherwise idle machine:
