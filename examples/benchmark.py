@@ -427,7 +427,7 @@ def gemm_peak_case(dtype, n=2048):
     (every usable CPU unless OPENBLAS_NUM_THREADS says otherwise).
     """
     a = np.random.RandomState(0).randn(n, n).astype(dtype)
-    return Case(lambda: a @ a, warmup=1, repeats=1)
+    return Case(lambda: a @ a, warmup=1, repeats=2)
 
 
 def step_case(device, dtype, before=None):
