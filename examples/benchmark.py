@@ -13,10 +13,10 @@ PyTorch (same dtype, same number of threads). PyTorch is optional (it is
 never a dependency of xdl): without it those columns are empty. On the CPU
 the training iteration is also given as a fraction of the GEMM peak
 measured in the same run (its GEMMs' FLOPs / time / numpy's 2048^2 rate),
-and timed at 1, 2, ... threads. The training iteration, PyTorch's and the
-GEMM peak are timed in turn, round after round (as are the thread counts),
-so that a change in the machine's load reaches them alike; the spread of
-the rounds is printed with them.
+split into the kernels' stages, and timed at 1, 2, ... threads. The
+training iteration, PyTorch's and the GEMM peak are timed in turn, round
+after round (as are the thread counts), so that a change in the machine's
+load reaches them alike; the spread of the rounds is printed with them.
 
 On the CPU, run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (they
 slow numpy's BLAS), on an otherwise idle machine:
@@ -518,6 +518,66 @@ def bench_scaling(device, dtype, args):
     sys.stdout.flush()
 
 
+# What each kind of work the compiled kernels hand their thread team does
+# in the CNN's step (the work classes of backends/_cpu_*.pxi).
+STAGE_NAMES = {
+    "_ConvReluPoolForwardWork": "conv + ReLU + pool forward",
+    "_MatmulWork": "matmul (the affine forward x @ W2)",
+    "_AffineBackwardWork": "affine backward sweep (dx, dW2, sum of squares)",
+    "_ConvReluPoolBackwardWork": "conv + ReLU + pool backward (dW1)",
+    "_AdamWork": "Adam (all parameters)",
+    "_SumOfSquaresWork": "sums of squares",
+    "_AxpyWork": "axpy (reg * W1)",
+}
+
+
+def bench_stages(device, dtype, steps=60):
+    """
+    Where a training step goes on the CPU: every call of the compiled
+    kernels' thread team timed inside `steps` steps and summed per kind of
+    work and step; printed as medians over the steps, with what the step
+    spends outside the kernels (Python, NumPy's small operations).
+    """
+    from xdl.backends import _cpu_team, cpu
+    if cpu.compiled is None:
+        return
+    case = step_case(device, dtype)
+    for _ in range(5):
+        case.fn()
+    per_step = []
+    current = {}
+    run = _cpu_team.run
+
+    def timed_run(work, threads):
+        t0 = time.perf_counter()
+        run(work, threads)
+        name = type(work).__name__
+        current[name] = current.get(name, 0.0) + time.perf_counter() - t0
+    _cpu_team.run = timed_run
+    try:
+        for _ in range(steps):
+            current.clear()
+            t0 = time.perf_counter()
+            case.fn()
+            current["step"] = time.perf_counter() - t0
+            per_step.append(dict(current))
+    finally:
+        _cpu_team.run = run
+    step = statistics.median(s["step"] for s in per_step)
+    outside = statistics.median(s["step"] - sum(v for k, v in s.items() if k != "step")
+                                for s in per_step)
+    names = sorted({k for s in per_step for k in s if k != "step"},
+                   key=lambda k: -statistics.median(s.get(k, 0.0) for s in per_step))
+    print("  where the iteration goes (%d steps, medians per step; step %.2f ms):"
+          % (steps, step * 1e3))
+    for k in names:
+        print("    %-52s %6.2f ms" % (STAGE_NAMES.get(k, k),
+                                     statistics.median(s.get(k, 0.0) for s in per_step) * 1e3))
+    print("    %-52s %6.2f ms" % ("outside the kernels (Python, small NumPy operations)",
+                                 outside * 1e3))
+    sys.stdout.flush()
+
+
 def bench_epoch(table, device, torch, dtype, args):
     """
     A whole epoch as users run it: xdl's Solver.train() on 49,000 synthetic
@@ -715,6 +775,7 @@ def main(argv=None):
                 bench_pool(table, device, torch, dtype, args, xs)
         bench_training(table, device, torch, dtype, args)
         if device.name == "cpu":
+            bench_stages(device, dtype)
             bench_scaling(device, dtype, args)
         if device.name == "cuda" and not args.no_epoch:
             bench_epoch(table, device, torch, dtype, args)

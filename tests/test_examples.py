@@ -330,3 +330,19 @@ def test_benchmark_times_the_training_cases_in_turn(monkeypatch):
     assert [len(c.round_medians) for c in cases] == [3, 3]
     assert all(t >= 0 for c in cases for t in c.times)
     assert cases[0].median == sorted(cases[0].times)[4]
+
+
+def test_benchmark_splits_the_iteration_into_the_kernels_stages(capsys):
+    from xdl.backends import _cpu_team, cpu
+    if cpu.compiled is None:
+        pytest.skip("the compiled CPU kernels are not built")
+    run = _cpu_team.run
+    benchmark.bench_stages(benchmark.Device("cpu"), np.float32, steps=2)
+    assert _cpu_team.run is run  # the timing wrapper is gone again
+    out = capsys.readouterr().out
+    assert "where the iteration goes (2 steps" in out
+    times = dict(re.findall(r"^    (.+?)\s+(\d+\.\d\d) ms$", out, re.M))
+    for stage in ("affine backward sweep (dx, dW2, sum of squares)",
+                  "conv + ReLU + pool forward", "Adam (all parameters)",
+                  "outside the kernels (Python, small NumPy operations)"):
+        assert float(times[stage]) > 0, stage
