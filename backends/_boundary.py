@@ -12,6 +12,8 @@ guard the kernels themselves, whoever calls them.
 import math
 import numbers
 
+from xdl.backends import get_array_module
+
 
 def _shape(a):
     return tuple(a.shape)
@@ -219,17 +221,9 @@ def check_out(out, w, *others):
         raise TypeError("out has dtype %s but w has dtype %s" % (out.dtype, w.dtype))
     if _shape(out) != _shape(w):
         raise ValueError("out has shape %s but w has shape %s" % (_shape(out), _shape(w)))
-    may_share = _array_module(out).may_share_memory
+    may_share = get_array_module(out, w).may_share_memory
     for name, a in (("w", w),) + others:
         if may_share(out, a):
             raise ValueError("out shares memory with %s: out must be w itself or an array "
                              "of its own" % name)
 
-
-def _array_module(a):
-    """numpy, or cupy for a cupy array (imported only then)."""
-    if type(a).__module__.startswith("cupy"):
-        import cupy
-        return cupy
-    import numpy
-    return numpy

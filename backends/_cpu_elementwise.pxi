@@ -203,10 +203,9 @@ def _next_w(out, w, dtype, others):
     """
     if out is None:
         return pooled_empty(w.shape, dtype)
-    if out is w and w.flags.c_contiguous and w.flags.writeable:
-        return w  # the update in place (what the Solver asks for every step)
-    _boundary.check_out(out, w, *others)
-    _check_arrays((("w", w),), (("out", out),))
+    _boundary.check_out(out, w, *others)  # type, dtype, shape, writeable, overlap
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous: next_w is written into it")
     return out
 
 

@@ -447,13 +447,13 @@ def softmax_loss(x, y):
 def _next_w(out, w, dtype, others):
     """
     The array a fused update kernel writes next_w into: a new one for
-    out=None, else out once checked (w itself, or an array of its own:
-    _boundary.check_out; C-contiguous: _pack checks it).
+    out=None, else out, which _fused_rule_dtype found a C-contiguous cupy
+    array of w's shape and dtype, once _boundary.check_out finds it w
+    itself or an array of its own.
     """
     if out is None:
         return _cupy().empty(w.shape, dtype=dtype)
     _boundary.check_out(out, w, *others)
-    _float_dtype(("w", w), ("out", out))
     return out
 
 

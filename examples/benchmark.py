@@ -427,7 +427,9 @@ def gemm_peak_case(dtype, n=2048):
     (every usable CPU unless OPENBLAS_NUM_THREADS says otherwise).
     """
     a = np.random.RandomState(0).randn(n, n).astype(dtype)
-    return Case(lambda: a @ a, warmup=1, repeats=2)
+    case = Case(lambda: a @ a, warmup=1, repeats=2)
+    case.flops = 2.0 * n ** 3
+    return case
 
 
 def step_case(device, dtype, before=None):
@@ -477,7 +479,7 @@ def bench_training(table, device, torch, dtype, args):
             [a / b for a, b in zip(xdl_case.round_medians, torch_case.round_medians)], "%.2f"))
     if peak_case is not None:
         flops = step_flops()
-        peak = 2.0 * 2048 ** 3 / peak_case.median
+        peak = peak_case.flops / peak_case.median
         rate = flops / it
         line = ("  GEMM work %.2f GFLOP: %.0f GFLOP/s = %.0f%% of the %s GEMM peak "
                 "(numpy 2048^2: %.0f GFLOP/s)"
@@ -489,7 +491,7 @@ def bench_training(table, device, torch, dtype, args):
                 table.misses.append("training iteration (>= %.0f%% of the GEMM peak)"
                                     % (100 * PEAK_TARGET))
         print(line)
-        shares = [100 * (flops / a) / (2.0 * 2048 ** 3 / b)
+        shares = [100 * (flops / a) / (peak_case.flops / b)
                   for a, b in zip(xdl_case.round_medians, peak_case.round_medians)]
         print("  share of the GEMM peak by round: %s" % _spread(shares, "%.0f%%"))
 

@@ -197,6 +197,13 @@ def test_fused_kernels_reject_bad_arrays():
         kern.adam(w, w, np.zeros_like(w), frozen, 0.9, 0.99, 0.1, 1e-8)
     with pytest.raises(ValueError, match="y must be C-contiguous"):
         kern.axpy(0.5, w, np.zeros((4, 3), np.float32).T)
+    # The kernels write next_w through a pointer: a strided out is refused
+    # (xdl.backends.cpu gives such an out to the formula instead).
+    with pytest.raises(ValueError, match="out must be C-contiguous"):
+        kern.sgd(w, w, 0.1, np.zeros((3, 8), np.float32)[:, ::2])
+    with pytest.raises(ValueError, match="out must be C-contiguous"):
+        strided_w = np.ones((3, 8), np.float32)[:, ::2]
+        kern.sgd(strided_w, w, 0.1, strided_w)
 
 
 def test_fused_rules_on_empty_arrays(dtype):
