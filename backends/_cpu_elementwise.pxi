@@ -346,13 +346,27 @@ cdef void _rmsprop_run(Items* items, const RmspropJob* j, floating* next_w) noex
     cdef floating root[SQRT_BLOCK]
     cdef Py_ssize_t lo = 0, hi = 0, b0, bn, i
     while _take(items, &lo, &hi):
-        # SSE2 in one pass but for a short tail; other machines: the blocks.
+        # The widest vectors (as in _adam_span), then SSE2, in one pass but
+        # for a short tail; other machines: the blocks.
+        b0 = lo
         if floating is float:
-            b0 = lo + xdl_rmsprop_span_f(w + lo, dw + lo, cache + lo, next_w + lo, hi - lo,
-                                         decay, keep, neg_lr, eps)
+            if _simd_kernels and _avx512_kernels:
+                b0 += xdl_rmsprop_span_zs(w + b0, dw + b0, cache + b0, next_w + b0, hi - b0,
+                                          decay, keep, neg_lr, eps)
+            elif _simd_kernels:
+                b0 += xdl_rmsprop_span_ys(w + b0, dw + b0, cache + b0, next_w + b0, hi - b0,
+                                          decay, keep, neg_lr, eps)
+            b0 += xdl_rmsprop_span_f(w + b0, dw + b0, cache + b0, next_w + b0, hi - b0,
+                                     decay, keep, neg_lr, eps)
         else:
-            b0 = lo + xdl_rmsprop_span_d(w + lo, dw + lo, cache + lo, next_w + lo, hi - lo,
-                                         decay, keep, neg_lr, eps)
+            if _simd_kernels and _avx512_kernels:
+                b0 += xdl_rmsprop_span_zd(w + b0, dw + b0, cache + b0, next_w + b0, hi - b0,
+                                          decay, keep, neg_lr, eps)
+            elif _simd_kernels:
+                b0 += xdl_rmsprop_span_yd(w + b0, dw + b0, cache + b0, next_w + b0, hi - b0,
+                                          decay, keep, neg_lr, eps)
+            b0 += xdl_rmsprop_span_d(w + b0, dw + b0, cache + b0, next_w + b0, hi - b0,
+                                     decay, keep, neg_lr, eps)
         while b0 < hi:
             bn = min(<Py_ssize_t>SQRT_BLOCK, hi - b0)
             for i in range(bn):
@@ -456,12 +470,24 @@ cdef void _adam_span(const floating* w, const floating* dw, floating* m, floatin
     # shrink = 1, w * shrink is w exactly: Adam's result.
     cdef floating root[SQRT_BLOCK]
     cdef Py_ssize_t b0 = 0, bn, i
-    # SSE2 does all but a tail of fewer than 4 (float) or 2 (double)
-    # elements in one pass; other machines take the blocks below.
+    # The widest vectors the CPU has (and set_simd_kernels /
+    # set_avx512_kernels allow: AVX-512 or AVX2, _cpu_gemm.h), then SSE2,
+    # do all but a tail of fewer than 4 (float) or 2 (double) elements in
+    # one pass, with the same bits; other machines take the blocks below.
     if floating is float:
-        b0 = xdl_adam_span_f(w, dw, m, v, next_w, n, b1, k1, b2, k2, neg_step, eps, shrink)
+        if _simd_kernels and _avx512_kernels:
+            b0 = xdl_adam_span_zs(w, dw, m, v, next_w, n, b1, k1, b2, k2, neg_step, eps, shrink)
+        elif _simd_kernels:
+            b0 = xdl_adam_span_ys(w, dw, m, v, next_w, n, b1, k1, b2, k2, neg_step, eps, shrink)
+        b0 += xdl_adam_span_f(w + b0, dw + b0, m + b0, v + b0, next_w + b0, n - b0,
+                              b1, k1, b2, k2, neg_step, eps, shrink)
     else:
-        b0 = xdl_adam_span_d(w, dw, m, v, next_w, n, b1, k1, b2, k2, neg_step, eps, shrink)
+        if _simd_kernels and _avx512_kernels:
+            b0 = xdl_adam_span_zd(w, dw, m, v, next_w, n, b1, k1, b2, k2, neg_step, eps, shrink)
+        elif _simd_kernels:
+            b0 = xdl_adam_span_yd(w, dw, m, v, next_w, n, b1, k1, b2, k2, neg_step, eps, shrink)
+        b0 += xdl_adam_span_d(w + b0, dw + b0, m + b0, v + b0, next_w + b0, n - b0,
+                              b1, k1, b2, k2, neg_step, eps, shrink)
     while b0 < n:
         bn = min(<Py_ssize_t>SQRT_BLOCK, n - b0)
         _adam_moments(dw + b0, m + b0, v + b0, root, bn, b1, k1, b2, k2)

@@ -211,6 +211,79 @@ static XDL_AVX512 inline void xdl_maskstore_zd(double* p, __mmask8 m, __m512d v)
 #undef XDL_TARGET
 #undef XDL_MASK
 
+
+/* Adam (AdamW) and RMSprop over n elements in AVX2 or AVX-512 vectors (8 or 16 floats,
+   4 or 8 doubles): the operations of _cpu_elementwise.pxi's
+   xdl_adam_span_f/_d in their order, each correctly rounded, and no fused
+   multiply-add (GCC would contract the mul and add intrinsics into one
+   under these targets: fp-contract=off), so the same bits as the SSE2
+   and scalar loops. Both are bound by the division and the square root
+   as much as by memory. Timed in one process, in turn with the SSE2
+   build, on 4.1 M weights (the CNN's W2) from memory, medians of 60-80
+   calls in two runs: Adam float32 2.68 -> 1.97 and 3.05 -> 2.67 ms on
+   one thread, 1.50 -> 1.24 and 2.10 -> 2.06 on two (there at the
+   memory's speed); float64 7.90 -> 4.72 and 8.29 -> 5.73 on one thread,
+   4.13 -> 2.91 and 4.58 -> 3.30 on two. RMSprop float64 4.24 -> 2.53 ms
+   on two threads, float32 1.36 -> 1.06. In cache (65536 elements, one
+   thread), per 4.1 M elements of Adam: SSE2 3.62 ms, AVX2 2.15, AVX-512
+   1.61. Returns the elements done (the rest is left to the caller). */
+#define XDL_ADAM_SPAN(TARGET, S, T, V, W, X, L)                                              \
+    static TARGET Py_ssize_t xdl_adam_span_##S(const T* w, const T* dw, T* m, T* v, T* next_w, \
+                                               Py_ssize_t n, T b1, T k1, T b2, T k2,          \
+                                               T neg_step, T eps, T shrink) {                 \
+        Py_ssize_t i = 0;                                                                     \
+        V B1 = W##_set1_##X(b1), K1 = W##_set1_##X(k1), B2 = W##_set1_##X(b2);                \
+        V K2 = W##_set1_##X(k2), St = W##_set1_##X(neg_step), E = W##_set1_##X(eps);          \
+        V R = W##_set1_##X(shrink);                                                           \
+        for (; i + L <= n; i += L) {                                                          \
+            V g = W##_loadu_##X(dw + i);                                                      \
+            V mi = W##_add_##X(W##_mul_##X(W##_loadu_##X(m + i), B1), W##_mul_##X(K1, g));    \
+            V vi = W##_add_##X(W##_mul_##X(W##_loadu_##X(v + i), B2),                         \
+                               W##_mul_##X(W##_mul_##X(g, g), K2));                           \
+            V nw = W##_add_##X(                                                               \
+                W##_mul_##X(W##_div_##X(mi, W##_add_##X(W##_sqrt_##X(vi), E)), St),          \
+                W##_mul_##X(W##_loadu_##X(w + i), R));                                        \
+            W##_storeu_##X(m + i, mi);                                                        \
+            W##_storeu_##X(v + i, vi);                                                        \
+            W##_storeu_##X(next_w + i, nw);                                                   \
+        }                                                                                     \
+        return i;                                                                             \
+    }
+#if defined(__clang__)
+#define XDL_NO_CONTRACT
+#else
+#define XDL_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#endif
+XDL_ADAM_SPAN(XDL_AVX2 XDL_NO_CONTRACT, ys, float, __m256, _mm256, ps, 8)
+XDL_ADAM_SPAN(XDL_AVX2 XDL_NO_CONTRACT, yd, double, __m256d, _mm256, pd, 4)
+XDL_ADAM_SPAN(XDL_AVX512 XDL_NO_CONTRACT, zs, float, __m512, _mm512, ps, 16)
+XDL_ADAM_SPAN(XDL_AVX512 XDL_NO_CONTRACT, zd, double, __m512d, _mm512, pd, 8)
+
+/* RMSprop likewise: the operations of xdl_rmsprop_span_f/_d in their order. */
+#define XDL_RMSPROP_SPAN(TARGET, S, T, V, W, X, L)                                           \
+    static TARGET Py_ssize_t xdl_rmsprop_span_##S(const T* w, const T* dw, T* cache,          \
+                                                  T* next_w, Py_ssize_t n, T decay, T keep,   \
+                                                  T neg_lr, T eps) {                          \
+        Py_ssize_t i = 0;                                                                     \
+        V D = W##_set1_##X(decay), K = W##_set1_##X(keep), Lr = W##_set1_##X(neg_lr);        \
+        V E = W##_set1_##X(eps);                                                              \
+        for (; i + L <= n; i += L) {                                                          \
+            V g = W##_loadu_##X(dw + i);                                                      \
+            V ci = W##_add_##X(W##_mul_##X(W##_loadu_##X(cache + i), D),                      \
+                               W##_mul_##X(W##_mul_##X(g, g), K));                            \
+            W##_storeu_##X(cache + i, ci);                                                    \
+            W##_storeu_##X(next_w + i, W##_add_##X(                                           \
+                W##_mul_##X(W##_div_##X(g, W##_add_##X(W##_sqrt_##X(ci), E)), Lr),            \
+                W##_loadu_##X(w + i)));                                                       \
+        }                                                                                     \
+        return i;                                                                             \
+    }
+XDL_RMSPROP_SPAN(XDL_AVX2 XDL_NO_CONTRACT, ys, float, __m256, _mm256, ps, 8)
+XDL_RMSPROP_SPAN(XDL_AVX2 XDL_NO_CONTRACT, yd, double, __m256d, _mm256, pd, 4)
+XDL_RMSPROP_SPAN(XDL_AVX512 XDL_NO_CONTRACT, zs, float, __m512, _mm512, ps, 16)
+XDL_RMSPROP_SPAN(XDL_AVX512 XDL_NO_CONTRACT, zd, double, __m512d, _mm512, pd, 8)
+
+
 /* dx[:, d0:d0+dn] = dout (N, M) @ w[d0:d0+dn].T, dx (N, D): panels of 16 rows
    of w, packed transposed XDL_AFFINE_KC columns at a time into scratch
    (XDL_AFFINE_KC * 16 floats); prefetches up to line pf_upto of pf. */
@@ -281,6 +354,18 @@ static void xdl_affine_dw_block(int N, int D, int M, const float* x, const float
                                 const float* dout, const float* dout_tail, float* dw, float reg,
                                 int d0, int dn, float* scratch, xdl_prefetch* pf,
                                 long pf_upto) {}
+#define XDL_NO_ADAM(T, S) static Py_ssize_t xdl_adam_span_##S(const T* w, const T* dw, T* m, \
+    T* v, T* next_w, Py_ssize_t n, T b1, T k1, T b2, T k2, T neg_step, T eps, T shrink) { return 0; }
+XDL_NO_ADAM(float, ys)
+XDL_NO_ADAM(double, yd)
+XDL_NO_ADAM(float, zs)
+XDL_NO_ADAM(double, zd)
+#define XDL_NO_RMSPROP(T, S) static Py_ssize_t xdl_rmsprop_span_##S(const T* w, const T* dw, \
+    T* cache, T* next_w, Py_ssize_t n, T decay, T keep, T neg_lr, T eps) { return 0; }
+XDL_NO_RMSPROP(float, ys)
+XDL_NO_RMSPROP(double, yd)
+XDL_NO_RMSPROP(float, zs)
+XDL_NO_RMSPROP(double, zd)
 #define XDL_NO_CONV(T, S)                                                                      \
     static void xdl_conv_image_##S(const T* xpad, int Wp, int OH, int OW, int K, const int* off, \
                                    const T* w, const T* bias, int F, T* out) {}                \

@@ -33,6 +33,30 @@ cdef extern from "_cpu_gemm.h":
                              const float* dout, const float* dout_tail, float* dw, float reg,
                              int d0, int dn, float* scratch, xdl_prefetch* pf,
                              long pf_upto) noexcept nogil
+    Py_ssize_t xdl_adam_span_ys(const float* w, const float* dw, float* m, float* v, float* next_w,
+                                Py_ssize_t n, float b1, float k1, float b2, float k2, float neg_step,
+                                float eps, float shrink) noexcept nogil
+    Py_ssize_t xdl_adam_span_zs(const float* w, const float* dw, float* m, float* v, float* next_w,
+                                Py_ssize_t n, float b1, float k1, float b2, float k2, float neg_step,
+                                float eps, float shrink) noexcept nogil
+    Py_ssize_t xdl_adam_span_yd(const double* w, const double* dw, double* m, double* v, double* next_w,
+                                Py_ssize_t n, double b1, double k1, double b2, double k2, double neg_step,
+                                double eps, double shrink) noexcept nogil
+    Py_ssize_t xdl_adam_span_zd(const double* w, const double* dw, double* m, double* v, double* next_w,
+                                Py_ssize_t n, double b1, double k1, double b2, double k2, double neg_step,
+                                double eps, double shrink) noexcept nogil
+    Py_ssize_t xdl_rmsprop_span_ys(const float* w, const float* dw, float* cache, float* next_w,
+                                   Py_ssize_t n, float decay, float keep, float neg_lr,
+                                   float eps) noexcept nogil
+    Py_ssize_t xdl_rmsprop_span_zs(const float* w, const float* dw, float* cache, float* next_w,
+                                   Py_ssize_t n, float decay, float keep, float neg_lr,
+                                   float eps) noexcept nogil
+    Py_ssize_t xdl_rmsprop_span_yd(const double* w, const double* dw, double* cache, double* next_w,
+                                   Py_ssize_t n, double decay, double keep, double neg_lr,
+                                   double eps) noexcept nogil
+    Py_ssize_t xdl_rmsprop_span_zd(const double* w, const double* dw, double* cache, double* next_w,
+                                   Py_ssize_t n, double decay, double keep, double neg_lr,
+                                   double eps) noexcept nogil
     void xdl_conv_image_zs(const float* xpad, int Wp, int OH, int OW, int K, const int* off,
                           const float* w, const float* bias, int F, float* out) noexcept nogil
     void xdl_conv_image_s(const float* xpad, int Wp, int OH, int OW, int K, const int* off,

@@ -309,3 +309,50 @@ def test_conv_avx512_build_gives_the_avx2_bits(wide_kern, shape, dtype):
     wide_kern.set_avx512_kernels(False)
     for got, narrow in zip(wide, run()):
         np.testing.assert_array_equal(got, narrow)
+
+
+# Element counts for the square-root update rules' vector loops: AVX-512 (16 floats or
+# 8 doubles), AVX2 (8 or 4) and SSE2 (4 or 2) each leave a tail to the next
+# narrower loop, then to the scalar one; 2 ** 16 + 37 is two chunks of the
+# team (ELEMENT_CHUNK) with a short second one.
+ADAM_SIZES = [1, 3, 7, 15, 16, 17, 31, 33, 1000, 2 ** 16 + 37]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", ADAM_SIZES)
+@pytest.mark.parametrize("rule", ["adam", "adamw", "rmsprop"])
+def test_square_root_rules_give_the_same_bits_in_every_vector_build(kern, dtype, n, rule):
+    # Adam's, AdamW's and RMSprop's passes run AVX-512, AVX2 or SSE2
+    # vectors (the widest the CPU and the switches allow), each with the
+    # scalar loop's operations in its order and no fused multiply-add:
+    # every build must give the bits of the scalar formula (numpy_kernels),
+    # in place too.
+    from xdl.backends import numpy_kernels
+    rng = np.random.RandomState(n)
+    w, dw, m = (rng.randn(n).astype(dtype) for _ in range(3))
+    v = rng.rand(n).astype(dtype)
+    if rule == "rmsprop":
+        states, args = (v,), (1e-2, 0.9, 1e-7)
+    else:
+        states, args = (m, v), (0.8, 0.99, 1e-2, 1e-7) + ((0.97,) if rule == "adamw" else ())
+    refs = tuple(s.copy() for s in states)
+    ref = getattr(numpy_kernels, rule)(w, dw, *refs, *args)[0]
+    builds = [(False, False), (True, False)]
+    if kern.avx512_kernels_available():
+        builds.append((True, True))
+    avx512 = kern.set_avx512_kernels(False)
+    try:
+        for simd, wide in builds:
+            kern.set_simd_kernels(simd)
+            kern.set_avx512_kernels(wide)
+            for in_place in (False, True):
+                copies, ww = tuple(s.copy() for s in states), w.copy()
+                out = getattr(kern, rule)(ww, dw, *copies, *args,
+                                          out=ww if in_place else None)[0]
+                assert (out is ww) == in_place
+                for got, want in zip((out,) + copies, (ref,) + refs):
+                    np.testing.assert_array_equal(got, want, err_msg="simd=%s avx512=%s"
+                                                  % (simd, wide))
+    finally:
+        kern.set_simd_kernels(True)
+        kern.set_avx512_kernels(avx512)
