@@ -232,7 +232,7 @@ OPERATIONS = (
     "maxpool_forward", "maxpool_backward",
     "conv_relu_pool_forward", "conv_relu_pool_backward",
     "matmul", "affine_backward", "softmax_loss",
-    "sgd", "sgd_momentum", "rmsprop", "adam", "adamw",
+    "sgd", "sgd_momentum", "rmsprop", "adam", "adamw", "adamw_alongside",
     "sum_of_squares", "axpy",
 )
 

@@ -4,6 +4,7 @@
 # kernels", explains the pattern and how to add a kind of kernel.
 
 from libc.string cimport memcpy, memset
+import threading
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 cdef extern from *:
@@ -61,17 +62,57 @@ cdef class _Work:
     cdef object keep    # the arrays behind the job's pointers, alive while any thread runs
 
 
-cdef _start(_Work work, Py_ssize_t total, Py_ssize_t grain, dtype, keep, int threads=0):
-    """Hand `total` units, `grain` per item, to the team and wait (threads=0: as many as useful)."""
+cdef _prepare(_Work work, Py_ssize_t total, Py_ssize_t grain, dtype, keep):
+    """Set up `total` units, `grain` per item, for the team."""
     work.items.next = 0
     work.items.grain = max(1, grain)
     work.items.total = total
     work.items.count = (total + work.items.grain - 1) // work.items.grain
     work.is_double = dtype == np.float64
     work.keep = keep
+
+
+cdef class _Together(_Work):
+    """
+    A kernel call's work and a side work (an update rule's pass, from
+    alongside) on the team at once: odd threads start with the side work,
+    the others with the call's, and each then helps with the other until
+    both are done. The side work reads and writes only its own arrays.
+    """
+    cdef _Work main
+    cdef _Work side
+
+    def run(self, int tid):
+        if tid % 2:
+            self.side.run(tid)
+            self.main.run(tid)
+        else:
+            self.main.run(tid)
+            self.side.run(tid)
+
+
+# The side work the calling thread's next kernel call runs beside its own
+# (see alongside), per Python thread.
+_side = threading.local()
+
+
+cdef _start(_Work work, Py_ssize_t total, Py_ssize_t grain, dtype, keep, int threads=0):
+    """
+    Hand `total` units, `grain` per item, to the team and wait (threads=0: as
+    many as useful); with a side work pending (alongside), both at once.
+    """
+    cdef _Together together
+    _prepare(work, total, grain, dtype, keep)
     if threads <= 0:
         threads = _cpu_team.threads_for(work.items.count)
-    _cpu_team.run(work, threads)
+    side = getattr(_side, "work", None)
+    if side is None:
+        _cpu_team.run(work, threads)
+        return
+    _side.work = None
+    together = _Together()
+    together.main, together.side = work, side
+    _cpu_team.run(together, max(threads, _cpu_team.threads_for((<_Work>side).items.count)))
 
 
 # ------------------------------------------------------------ arrays

@@ -604,6 +604,59 @@ def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out=None):
     return next_w, m, v
 
 
+class _Alongside:
+    """
+    The context manager of adamw_alongside: the side work is pending while
+    the body runs (the first kernel call there runs it too); whatever of
+    it is left runs on exit, so the step is complete when the block ends
+    (even when the body raised).
+    """
+
+    def __init__(self, work, threads):
+        self.work, self.threads = work, threads
+
+    def __enter__(self):
+        if getattr(_side, "work", None) is not None:
+            raise RuntimeError("adamw_alongside: another side work is pending on this thread")
+        _side.work = self.work
+
+    def __exit__(self, *exc):
+        cdef _Work work = self.work
+        if getattr(_side, "work", None) is work:
+            _side.work = None  # no kernel call in the body took it
+        if work.items.next < work.items.count:
+            _cpu_team.run(work, self.threads)
+        return False
+
+
+def adamw_alongside(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out):
+    """
+    adamw (adam with shrink 1: the same bits) run beside the next kernel
+    call of the calling thread: a context manager whose block makes that
+    call (the convolution's backward pass, say). Adam's pass is bound by
+    memory and the call by arithmetic, so the team runs both at once: odd
+    threads start with Adam, the others with the call, and each helps with
+    the other until both are done. The block must not read or write w, dw,
+    m, v or out. On exit the step is complete (the rest of it runs there if
+    the block made no kernel call). Arguments as adamw, out required (w
+    itself for the update in place); the context manager's value is None.
+    """
+    if out is None:
+        raise TypeError("adamw_alongside needs out: the array next_w goes into (w itself "
+                        "for the update in place)")
+    dtype = _check_arrays((("w", w), ("dw", dw)), (("m", m), ("v", v)))
+    next_w = _next_w(out, w, dtype, (("dw", dw), ("m", m), ("v", v)))
+    w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
+    cdef _AdamWWork work = _AdamWWork()
+    work.job.w, work.job.dw = _address(w, False), _address(dw, False)
+    work.job.m, work.job.v = _address(m, True), _address(v, True)
+    work.job.next_w = _address(next_w, True)
+    work.job.beta1, work.job.beta2, work.job.step, work.job.eps_hat = beta1, beta2, step, eps_hat
+    work.job.shrink = shrink
+    _prepare(work, w.size, int(ELEMENT_CHUNK), dtype, (w, dw, m, v, next_w))
+    return _Alongside(work, _cpu_team.threads_for(work.items.count))
+
+
 # ------------------------------------------------------- sum of squares
 
 cdef struct SumOfSquaresJob:

@@ -14,7 +14,7 @@ sharing this module's namespace:
 - ``_cpu_memory.pxi``: pooled_empty, reused memory for large outputs;
 - ``_cpu_conv.pxi``: im2col, col2im, conv_forward, conv_backward;
 - ``_cpu_pool.pxi``: maxpool_forward, maxpool_backward;
-- ``_cpu_elementwise.pxi``: sgd, sgd_momentum, rmsprop, adam, adamw,
+- ``_cpu_elementwise.pxi``: sgd, sgd_momentum, rmsprop, adam, adamw, adamw_alongside,
   sum_of_squares, axpy;
 - ``_cpu_gemm.pxi``: matrix-product kernels with AVX2 + FMA (selected at run
   time): float32 affine_backward, the stride-1 convolution without im2col;

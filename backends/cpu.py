@@ -244,6 +244,16 @@ def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out=None):
                                                  shrink, out)
 
 
+def adamw_alongside(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out):
+    """
+    numpy_kernels.adamw_alongside; with the compiled kernels (where
+    fused_kernels takes the arrays) the step runs beside the block's first
+    kernel call on the team, else when the block ends.
+    """
+    return _rule_kernels(out, w, dw, m, v).adamw_alongside(w, dw, m, v, beta1, beta2, step,
+                                                           eps_hat, shrink, out)
+
+
 # ---------------------------------------------------- L2 regularization
 
 def sum_of_squares(x):

@@ -533,6 +533,19 @@ def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out=None):
     return next_w, m, v
 
 
+def adamw_alongside(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out):
+    """
+    numpy_kernels.adamw_alongside on cupy arrays: adamw runs when the block
+    ends (queued on the stream after the block's kernels).
+    """
+    if out is None:
+        raise TypeError("adamw_alongside needs out: the array next_w goes into (w itself "
+                        "for the update in place)")
+    _fused_rule_dtype(out, (("w", w), ("dw", dw)), (("m", m), ("v", v)))
+    return numpy_kernels._StepOnExit(
+        lambda: adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out))
+
+
 # ---------------------------------------------------------------------------
 # L2 regularization
 # ---------------------------------------------------------------------------

@@ -529,6 +529,38 @@ def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out=None):
     return _into(out, next_w), m, v
 
 
+class _StepOnExit:
+    """The context manager of adamw_alongside here: the step runs when the block ends."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        self.step()  # even when the block raised: the step is complete on exit
+        return False
+
+
+def adamw_alongside(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out):
+    """
+    adamw (adam with shrink 1, the same bits) for a block of other work: a
+    context manager; when its block ends, the step is complete (next_w in
+    out, which may be w itself; m and v updated). The block must not read
+    or write w, dw, m, v or out. The CPU kernels run the step beside the
+    block's first kernel call, on the same threads at the same time (a
+    memory-bound pass beside arithmetic: the CNN's Adam step on W2 beside
+    its convolution's backward pass); this formula and the GPU run it when
+    the block ends.
+    """
+    if out is None:
+        raise TypeError("adamw_alongside needs out: the array next_w goes into (w itself "
+                        "for the update in place)")
+    _check_rule(w, dw, out, m=m, v=v)
+    return _StepOnExit(lambda: adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out))
+
+
 # ---------------------------------------------------- L2 regularization
 
 def sum_of_squares(x):

@@ -646,3 +646,83 @@ def test_kernels_write_every_element_of_reused_memory(pool, dtype):
                 np.testing.assert_array_equal(g, o, err_msg=name)
         del got, arrays
         pool.free_pooled()
+
+
+@pytest.mark.parametrize("threads_n", [1, 2])
+def test_adamw_alongside_runs_beside_the_next_kernel_call(monkeypatch, threads, threads_n):
+    # The compiled adamw_alongside hands its pass to the block's first
+    # kernel call: one team call runs both (odd threads start with Adam),
+    # the next call runs alone, and the results are the bits of the two
+    # run one after the other, on one thread or two.
+    from xdl.backends import _cpu_team
+    kern = threads
+    kern.set_num_threads(threads_n)
+    rng = np.random.RandomState(23)
+    x = rng.randn(50, 3, 32, 32).astype(np.float32)
+    w = (rng.randn(32, 3, 7, 7) * 1e-2).astype(np.float32)
+    pooled, argmax = kern.conv_relu_pool_forward(x, w, np.zeros(32, np.float32), 1, 3, 32, 32,
+                                                 2, 2, 2, 16, 16)
+    dout = rng.randn(*pooled.shape).astype(np.float32)
+    W2, dW2, m = (rng.randn(8192, 50).astype(np.float32) for _ in range(3))
+    v = rng.rand(8192, 50).astype(np.float32)
+    conv = (dout, argmax, x, w, 1, 3, 32, 32, 2, 2, 2, 16, 16, False)
+    scalars = (0.9, 0.999, 1e-3, 1e-8, 1.0)
+    want_conv = kern.conv_relu_pool_backward(*conv)
+    Wr, mr, vr = W2.copy(), m.copy(), v.copy()
+    kern.adamw(Wr, dW2, mr, vr, *scalars, Wr)
+    calls = []
+    run = _cpu_team.run
+
+    def recording_run(work, n):
+        calls.append(type(work).__name__)
+        run(work, n)
+    monkeypatch.setattr(_cpu_team, "run", recording_run)
+    with kern.adamw_alongside(W2, dW2, m, v, *scalars, W2):
+        got_conv = kern.conv_relu_pool_backward(*conv)
+        again = kern.conv_relu_pool_backward(*conv)
+    assert calls == ["_Together", "_ConvReluPoolBackwardWork"]
+    for a, b in zip(got_conv[1:] + again[1:], want_conv[1:] * 2):
+        np.testing.assert_array_equal(a, b)
+    for a, b in ((W2, Wr), (m, mr), (v, vr)):
+        np.testing.assert_array_equal(a, b)
+    # no kernel call in the block: the pass runs on exit, and nothing is
+    # left pending for the calls after the block
+    calls.clear()
+    with kern.adamw_alongside(W2, dW2, m, v, *scalars, W2):
+        pass
+    kern.sum_of_squares(np.ones(3 * 65536, np.float32))
+    assert calls == ["_AdamWWork", "_SumOfSquaresWork"]
+
+
+def test_adamw_alongside_refuses_a_second_pending_step():
+    kern = compiled()
+    a = [np.zeros(10) for _ in range(4)]
+    b = [np.zeros(10) for _ in range(4)]
+    with kern.adamw_alongside(*a, 0.9, 0.99, 0.1, 1e-8, 1.0, a[0]):
+        with pytest.raises(RuntimeError, match="another side work is pending"):
+            with kern.adamw_alongside(*b, 0.9, 0.99, 0.1, 1e-8, 1.0, b[0]):
+                pass
+    np.testing.assert_array_equal(b[0], 0)  # the refused step never ran
+
+
+def test_in_place_step_is_made_for_adam_and_adamw_only():
+    w = np.zeros((3, 4), np.float32)
+    for rule in ("sgd", "sgd_momentum", "rmsprop", optim.sgd, lambda w, dw, c: (w, c)):
+        assert optim.in_place_step(rule, w, {}) is None
+    config = {"learning_rate": 0.5, "t": 4}
+    step = optim.in_place_step(optim.adamw, w, config)
+    assert step.rule == "adamw" and step.w is w and step.shrink == 1 - 0.5 * 1e-2
+    assert config["m"] is step.m and config["m"].dtype == np.float32  # the state, made once
+    assert config["t"] == 4 and not step.applied
+    dw = np.ones_like(w)
+    with step.take_alongside(dw):
+        pass
+    assert config["t"] == 5 and step.applied
+    expected, _ = optim.adamw(np.zeros_like(w), dw, {"learning_rate": 0.5, "t": 4})
+    np.testing.assert_array_equal(w, expected)
+    with pytest.raises(RuntimeError, match="taken already"):
+        step.take_alongside(dw)
+    with pytest.raises(ValueError, match="'lr' is not used by the update rule adam"):
+        optim.in_place_step("adam", w, {"lr": 1e-3})
+    with pytest.raises(ValueError, match="dw has shape"):
+        optim.in_place_step("adam", w, {}).take_alongside(np.ones(5, np.float32))

@@ -343,6 +343,8 @@ def test_benchmark_splits_the_iteration_into_the_kernels_stages(capsys):
     assert "where the iteration goes (2 steps" in out
     times = dict(re.findall(r"^    (.+?)\s+(\d+\.\d\d) ms$", out, re.M))
     for stage in ("affine backward sweep (dx, dW2, sum of squares)",
-                  "conv + ReLU + pool forward", "Adam (all parameters)",
+                  "conv + ReLU + pool forward",
+                  "conv + ReLU + pool backward (dW1), Adam on W2 beside it",
+                  "Adam (the other parameters)",
                   "outside the kernels (Python, small NumPy operations)"):
         assert float(times[stage]) > 0, stage

@@ -953,3 +953,38 @@ def test_argmax_entries_outside_the_window_contribute_nothing(impl):
         expected = impl.ops.maxpool_backward(impl.put(kept), argmax, x.shape,
                                              ph, pw, stride, OH, OW)
         np.testing.assert_array_equal(host(got), host(expected))
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize("shrink", [1.0, 0.97], ids=["adam", "adamw"])
+@pytest.mark.parametrize("block", ["kernel-call", "no-call", "raises"])
+def test_adamw_alongside_takes_the_step_by_the_end_of_the_block(impl, dtype, shrink, block):
+    # The step is complete when the block ends, with adamw's bits, whatever
+    # the block did: a kernel call (on the CPU the step runs beside it, on
+    # the same threads), none, or an error (re-raised). The block's own
+    # kernel call gives its usual result.
+    rng = np.random.RandomState(17)
+    n = 3 * 65536 + 5  # several of the team's chunks
+    w, dw, m = rng.randn(n), rng.randn(n), rng.randn(n)
+    v = rng.rand(n)
+    x = impl.put(rng.randn(200, 1000), dtype)
+    scalars = (0.9, 0.99, 1e-2, 1e-7, shrink)
+    W, DW, M, V = (impl.put(a, dtype) for a in (w, dw, m, v))
+    ref = impl.ops.adamw(impl.put(w, dtype), DW, impl.put(m, dtype), impl.put(v, dtype),
+                         *scalars)
+    expected_sumsq = host(impl.ops.sum_of_squares(x))
+    context = impl.ops.adamw_alongside(W, DW, M, V, *scalars, W)
+    if block == "raises":
+        with pytest.raises(KeyError):
+            with context:
+                raise KeyError("the block failed")
+    else:
+        with context:
+            if block == "kernel-call":
+                sumsq = impl.ops.sum_of_squares(x)
+        if block == "kernel-call":
+            assert host(sumsq) == expected_sumsq
+    for got, want in zip((W, M, V), ref):
+        np.testing.assert_array_equal(host(got), host(want))
+    with pytest.raises(TypeError, match="needs out"):
+        impl.ops.adamw_alongside(W, DW, M, V, *scalars, None)

@@ -352,3 +352,76 @@ def test_training_again_never_writes_over_best_params(backend):
     assert any(not np.array_equal(host(model.params[k]), kept[k]) for k in kept)
     for k, v in best.items():
         np.testing.assert_array_equal(host(v), kept[k])
+
+
+def _adamw_as_users_write_it(w, dw, config=None):
+    """xdl's adamw behind a rule of the user's: the Solver never hands it to the model."""
+    return xdl.optim.adamw(w, dw, config)
+
+
+@pytest.mark.parametrize("normalization", [None, "batchnorm"])
+@pytest.mark.parametrize("rule, users_rule", [("adam", _adam_as_users_write_it),
+                                              ("adamw", _adamw_as_users_write_it)],
+                         ids=["adam", "adamw"])
+def test_the_cnn_takes_w2s_step_beside_its_backward_pass_with_the_same_bits(
+        backend, monkeypatch, normalization, rule, users_rule):
+    # From the second step of train() on, the Solver hands its adam/adamw
+    # step on W2 (ThreeLayerConvNet.in_place_params) to the model, which
+    # takes it beside the convolution's backward pass. Training must give
+    # the losses, weights and moments of a rule the Solver cannot hand
+    # over (applied after the backward pass), bit for bit.
+    from xdl.classifiers import ThreeLayerConvNet
+    taken = []
+    take = xdl.optim.InPlaceStep.take_alongside
+
+    def counting(self, dw):
+        taken.append(self.w.shape)
+        return take(self, dw)
+    monkeypatch.setattr(xdl.optim.InPlaceStep, "take_alongside", counting)
+    rng = np.random.RandomState(0)
+    data = {"X_train": rng.randn(40, 3, 8, 8), "y_train": rng.randint(10, size=40),
+            "X_val": rng.randn(10, 3, 8, 8), "y_val": rng.randint(10, size=10)}
+    config = {"learning_rate": 1e-2}
+    if rule == "adamw":
+        config["weight_decay"] = 0.1
+
+    def train(update_rule):
+        np.random.seed(0)
+        model = ThreeLayerConvNet(input_dim=(3, 8, 8), num_filters=4, filter_size=3,
+                                  hidden_dim=12, weight_scale=1e-1, reg=0.01,
+                                  normalization=normalization)
+        np.random.seed(1)
+        solver = Solver(model, data, update_rule=update_rule, optim_config=config,
+                        num_epochs=2, batch_size=10, verbose=False)
+        solver.train()
+        return solver
+
+    beside = train(rule)
+    assert taken == [(4 * 4 * 4, 12)] * 7  # W2, on every step but the first of 8
+    taken.clear()
+    after = train(users_rule)
+    assert taken == []
+    assert beside.loss_history == after.loss_history
+    for k in beside.model.params:
+        np.testing.assert_array_equal(host(beside.model.params[k]), host(after.model.params[k]))
+        assert beside.optim_configs[k]["t"] == after.optim_configs[k]["t"] == 8
+        for state in ("m", "v"):
+            np.testing.assert_array_equal(host(beside.optim_configs[k][state]),
+                                          host(after.optim_configs[k][state]))
+
+
+def test_a_model_without_in_place_params_is_called_as_before():
+    # A user's model whose loss takes (X, y) only gets exactly that.
+    calls = []
+    inner = make_model()
+
+    class PlainModel:
+        params = inner.params
+
+        def loss(self, X, y=None):
+            calls.append(y is not None)
+            return inner.loss(X, y)
+    solver = Solver(PlainModel(), small_data(), update_rule="adam", num_epochs=1,
+                    batch_size=20, verbose=False)
+    solver.train()
+    assert calls.count(True) == 3

@@ -33,6 +33,11 @@ is out. A config key that is neither a
 hyperparameter nor a state of the rule raises ValueError, listing the keys
 the rule takes. ``get_update_rule(name)`` looks a rule up by name for the
 Solver; xdl/DESIGN.md ("Update rules") shows how to add one.
+
+``in_place_step(rule, w, config)`` prepares the next adam or adamw step on
+w for a model to take itself during its backward pass
+(``InPlaceStep.take_alongside``: the Solver hands these to models that name
+``in_place_params``).
 """
 import difflib
 import math
@@ -268,6 +273,86 @@ def adamw(w, dw, config=None, out=None):
                                                        shrink, out)
     config["t"] = t
     return next_w, config
+
+
+class InPlaceStep:
+    """
+    The next step of adam or adamw on a weight array, in place, for a model
+    to take during its backward pass, as soon as the weight's gradient is
+    known, beside other work (take_alongside). The Solver makes one per
+    parameter a model names in ``in_place_params`` and passes them to
+    ``model.loss(X, y, in_place_steps=...)``; it applies every step that was
+    not taken (applied False) as usual. Made by in_place_step.
+
+    Attributes:
+    - rule: 'adam' or 'adamw'
+    - w: the weights, updated in place
+    - m, v: the moments in config (made on the first step, updated in place)
+    - beta1, beta2, step, eps_hat, shrink: this step's scalars, as the rule
+      computes them (shrink 1 for adam)
+    - applied: False until the step has been taken
+    """
+
+    def __init__(self, rule, w, config):
+        self.rule, self.w, self._config = rule, w, config
+        lr, self.beta1, self.beta2, eps, *decay = _hyperparameters(rule, config)
+        self.m, self.v = _state(config, w, "m", "v")
+        self._t = _steps_taken(config) + 1
+        self.step, self.eps_hat = _adam_bias_correction(lr, self.beta1, self.beta2, eps, self._t)
+        self.shrink = 1 - lr * decay[0] if decay else 1.0
+        self.applied = False
+
+    def take_alongside(self, dw):
+        """
+        A context manager: the step with gradient dw is taken on w in place
+        beside the block's work and is complete when the block ends (even if
+        it raised). The block must not read or write w, dw or the moments.
+        On the CPU the compiled kernels run the step (memory-bound) on the
+        same threads as the block's first kernel call (arithmetic-bound),
+        at the same time; elsewhere it runs when the block ends. The same
+        bits as the rule: adam is adamw's kernel with shrink 1.
+        """
+        if self.applied:
+            raise RuntimeError("this %s step was taken already" % self.rule)
+        check_same_device(w=self.w, dw=dw)
+        if dw.shape != self.w.shape:
+            raise ValueError("dw has shape %s but w has shape %s" % (dw.shape, self.w.shape))
+        inner = kernels_for(self.w, dw, self.m, self.v).adamw_alongside(
+            self.w, dw, self.m, self.v, self.beta1, self.beta2, self.step, self.eps_hat,
+            self.shrink, self.w)
+        return _Taken(self, inner)
+
+
+class _Taken:
+    """take_alongside's context manager: the device's, then the step recorded as taken."""
+
+    def __init__(self, step, inner):
+        self.step, self.inner = step, inner
+
+    def __enter__(self):
+        self.inner.__enter__()
+
+    def __exit__(self, *exc):
+        self.inner.__exit__(*exc)  # the step, complete (also after an error in the block)
+        self.step._config["t"] = self.step._t
+        self.step.applied = True
+        return False
+
+
+def in_place_step(rule, w, config):
+    """
+    An InPlaceStep of the update rule `rule` (a name or one of this
+    module's functions) on w with config (keys checked, defaults set there
+    and the state made on the first step, as the rule does); None for the
+    rules taken only by the Solver (sgd, sgd_momentum, rmsprop, a function
+    of the user's).
+    """
+    name = rule if isinstance(rule, str) else next(
+        (k for k, f in UPDATE_RULES.items() if f is rule), None)
+    if name not in ("adam", "adamw"):
+        return None
+    check_config(name, config)
+    return InPlaceStep(name, w, config)
 
 
 UPDATE_RULES = {

@@ -96,6 +96,17 @@ class Solver:
       - loss: Scalar giving the loss
       - grads: Dictionary with the same keys as self.params mapping parameter
         names to gradients of the loss with respect to those parameters.
+
+    - Optionally (xdl's ThreeLayerConvNet does), model.in_place_params names
+      parameters whose update the model can take during its backward pass,
+      and model.loss then takes a keyword argument in_place_steps: with
+      update_rule 'adam' or 'adamw', from the second step of each train()
+      call the Solver passes the steps it would take on those parameters in
+      place (xdl.optim.InPlaceStep, by name); the model takes each beside
+      other work (InPlaceStep.take_alongside: the CNN's W2 beside its
+      convolution's backward pass), and the Solver applies every step that
+      was not taken. The weights, moments and losses are the same, bit for
+      bit.
     """
 
     def __init__(self, model, data, update_rule="sgd", optim_config=None, lr_decay=1.0,
@@ -173,6 +184,9 @@ class Solver:
         # xdl.optim's rules take out=w (see _step); a rule of the user's is
         # called as (w, dw, config).
         self._rule_takes_out = rule_name in optim.RULES
+        # The model may take adam/adamw steps on these parameters itself (see _step).
+        self._in_place_rule = rule_name if rule_name in ("adam", "adamw") else None
+        self._in_place_params = tuple(getattr(model, "in_place_params", ()))
         if not (isinstance(lr_decay, numbers.Real) and lr_decay > 0):
             raise ValueError("lr_decay must be a number > 0, got %r" % (lr_decay,))
         self.lr_decay = float(lr_decay)
@@ -236,8 +250,22 @@ class Solver:
         X_batch = X_train[batch_mask]
         y_batch = y_train[batch_mask]
 
+        # The steps on the arrays the Solver owns (see below) that the model
+        # can take itself: the CNN takes W2's beside its convolution's
+        # backward pass (Adam's pass over the 16 MB W2 is bound by memory,
+        # the convolution by arithmetic; on the CPU they share the cores).
+        own = self._own_params
+        steps = {}
+        if self._in_place_rule:
+            for p in self._in_place_params:
+                w = self.model.params.get(p)
+                if w is not None and own.get(p) is w:
+                    steps[p] = optim.in_place_step(self._in_place_rule, w, self.optim_configs[p])
         with labels_checked() if self._labels_prechecked else contextlib.nullcontext():
-            loss, grads = self.model.loss(X_batch, y_batch)
+            if steps:
+                loss, grads = self.model.loss(X_batch, y_batch, in_place_steps=steps)
+            else:
+                loss, grads = self.model.loss(X_batch, y_batch)
         self._pending_losses.append(loss)
 
         # From the second step of a train() call on, a parameter is the
@@ -246,8 +274,9 @@ class Solver:
         # array and its memory traffic (for the CNN's 16 MB W2, about a
         # tenth of Adam's time). Arrays the model had before train() are
         # never modified, nor the snapshots in best_params.
-        own = self._own_params
         for p, w in self.model.params.items():
+            if p in steps and steps[p].applied:
+                continue  # the model took this step on w in place; its config is up to date
             if self._rule_takes_out and own.get(p) is w:
                 next_w, next_config = self.update_rule(w, grads[p], self.optim_configs[p], out=w)
             else:

@@ -48,7 +48,12 @@ class Model:
     - params: dict mapping parameter names to arrays (numpy or cupy)
     - reg: L2 regularization strength (loss += 0.5 * reg * sum of W**2)
     - dtype: the floating dtype of the parameters
+    - in_place_params: names of the parameters whose adam/adamw step the
+      model's loss can take itself (loss(X, y, in_place_steps=...), see
+      xdl.solver.Solver); none by default
     """
+
+    in_place_params = ()
 
     def __init__(self, config):
         # Constructor arguments, kept so that load_model can rebuild the model.

@@ -1,4 +1,6 @@
 """A three-layer convolutional network."""
+import contextlib
+
 import numpy as np
 
 from xdl.classifiers.base import Model, register
@@ -107,11 +109,18 @@ class ThreeLayerConvNet(Model):
         raise ValueError("X must have shape (N, %d, %d, %d), that is (N, C, H, W); got %s"
                          % (C, H, W, shape))
 
-    def loss(self, X, y=None):
+    # The Solver may hand loss() its adam/adamw step on W2 (in_place_steps).
+    in_place_params = ("W2",)
+
+    def loss(self, X, y=None, in_place_steps=None):
         """
         Evaluate loss and gradient for the three-layer convolutional network.
 
-        Input / output: Same API as TwoLayerNet in fc_net.py.
+        Input / output: Same API as TwoLayerNet in fc_net.py, and:
+        - in_place_steps: optional dict that may map "W2" to an
+          xdl.optim.InPlaceStep (the Solver's); W2 then takes that step in
+          place beside the convolution's backward pass, once dW2 is known
+          (grads["W2"] is still returned).
         """
         p = self.params
         self._check_nchw(X)
@@ -151,12 +160,16 @@ class ThreeLayerConvNet(Model):
             dhidden, hidden_cache, self.reg, w_squares=squares["W2"])
         loss = loss + self._l2(("W1", "W2", "W3"), squares)
         # The input needs no gradient: skip dx of the first convolution.
-        if self.normalization:
-            _, grads["W1"], grads["b1"], dgamma1, dbeta1 = \
-                conv_bn_relu_pool_backward(dpooled, conv_cache, compute_dx=False)
-            grads.update(gamma1=dgamma1, beta1=dbeta1, gamma2=dgamma2, beta2=dbeta2)
-        else:
-            _, grads["W1"], grads["b1"] = conv_relu_pool_backward(dpooled, conv_cache,
-                                                                  compute_dx=False)
+        # W2's update step, when given, runs beside it (it reads and writes
+        # only W2, dW2 and the moments).
+        step = (in_place_steps or {}).get("W2")
+        with step.take_alongside(grads["W2"]) if step is not None else contextlib.nullcontext():
+            if self.normalization:
+                _, grads["W1"], grads["b1"], dgamma1, dbeta1 = \
+                    conv_bn_relu_pool_backward(dpooled, conv_cache, compute_dx=False)
+                grads.update(gamma1=dgamma1, beta1=dbeta1, gamma2=dgamma2, beta2=dbeta2)
+            else:
+                _, grads["W1"], grads["b1"] = conv_relu_pool_backward(dpooled, conv_cache,
+                                                                      compute_dx=False)
         self._add_l2_grads(grads, ("W1",))
         return loss, grads
