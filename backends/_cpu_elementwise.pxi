@@ -591,6 +591,14 @@ def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out=None):
       moments (a new array, or out)
     - m, v: the arrays given, updated as in adam
     """
+    work, dtype, next_w, keep = _adamw_work(w, dw, m, v, beta1, beta2, step, eps_hat, shrink,
+                                            out)
+    _run_elementwise(work, w.size, dtype, keep)
+    return next_w, m, v
+
+
+cdef _adamw_work(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out):
+    """adamw's arguments checked and its work set up: (work, dtype, next_w, arrays to keep)."""
     dtype = _check_arrays((("w", w), ("dw", dw)), (("m", m), ("v", v)))
     next_w = _next_w(out, w, dtype, (("dw", dw), ("m", m), ("v", v)))
     w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
@@ -600,8 +608,7 @@ def adamw(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out=None):
     work.job.next_w = _address(next_w, True)
     work.job.beta1, work.job.beta2, work.job.step, work.job.eps_hat = beta1, beta2, step, eps_hat
     work.job.shrink = shrink
-    _run_elementwise(work, w.size, dtype, (w, dw, m, v, next_w))
-    return next_w, m, v
+    return work, dtype, next_w, (w, dw, m, v, next_w)
 
 
 class _Alongside:
@@ -644,17 +651,9 @@ def adamw_alongside(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out):
     if out is None:
         raise TypeError("adamw_alongside needs out: the array next_w goes into (w itself "
                         "for the update in place)")
-    dtype = _check_arrays((("w", w), ("dw", dw)), (("m", m), ("v", v)))
-    next_w = _next_w(out, w, dtype, (("dw", dw), ("m", m), ("v", v)))
-    w, dw = np.ascontiguousarray(w), np.ascontiguousarray(dw)
-    cdef _AdamWWork work = _AdamWWork()
-    work.job.w, work.job.dw = _address(w, False), _address(dw, False)
-    work.job.m, work.job.v = _address(m, True), _address(v, True)
-    work.job.next_w = _address(next_w, True)
-    work.job.beta1, work.job.beta2, work.job.step, work.job.eps_hat = beta1, beta2, step, eps_hat
-    work.job.shrink = shrink
-    _prepare(work, w.size, int(ELEMENT_CHUNK), dtype, (w, dw, m, v, next_w))
-    return _Alongside(work, _cpu_team.threads_for(work.items.count))
+    work, dtype, _, keep = _adamw_work(w, dw, m, v, beta1, beta2, step, eps_hat, shrink, out)
+    _prepare(work, w.size, int(ELEMENT_CHUNK), dtype, keep)
+    return _Alongside(work, _cpu_team.threads_for((<_Work>work).items.count))
 
 
 # ------------------------------------------------------- sum of squares
