@@ -74,8 +74,8 @@ cdef _prepare(_Work work, Py_ssize_t total, Py_ssize_t grain, dtype, keep):
 
 cdef class _Together(_Work):
     """
-    A kernel call's work and a side work (an update rule's pass, from
-    alongside) on the team at once: odd threads start with the side work,
+    A kernel call's work and a side work (an update rule's pass, pending
+    from adamw_alongside) on the team at once: odd threads start with the side work,
     the others with the call's, and each then helps with the other until
     both are done. The side work reads and writes only its own arrays.
     """
@@ -92,14 +92,14 @@ cdef class _Together(_Work):
 
 
 # The side work the calling thread's next kernel call runs beside its own
-# (see alongside), per Python thread.
+# (see adamw_alongside), per Python thread.
 _side = threading.local()
 
 
 cdef _start(_Work work, Py_ssize_t total, Py_ssize_t grain, dtype, keep, int threads=0):
     """
     Hand `total` units, `grain` per item, to the team and wait (threads=0: as
-    many as useful); with a side work pending (alongside), both at once.
+    many as useful); with a side work pending (adamw_alongside), both at once.
     """
     cdef _Together together
     _prepare(work, total, grain, dtype, keep)
