@@ -359,12 +359,13 @@ def _adamw_as_users_write_it(w, dw, config=None):
     return xdl.optim.adamw(w, dw, config)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("normalization", [None, "batchnorm"])
 @pytest.mark.parametrize("rule, users_rule", [("adam", _adam_as_users_write_it),
                                               ("adamw", _adamw_as_users_write_it)],
                          ids=["adam", "adamw"])
 def test_the_cnn_takes_w2s_step_beside_its_backward_pass_with_the_same_bits(
-        backend, monkeypatch, normalization, rule, users_rule):
+        backend, monkeypatch, dtype, normalization, rule, users_rule):
     # From the second step of train() on, the Solver hands its adam/adamw
     # step on W2 (ThreeLayerConvNet.in_place_params) to the model, which
     # takes it beside the convolution's backward pass. Training must give
@@ -389,7 +390,7 @@ def test_the_cnn_takes_w2s_step_beside_its_backward_pass_with_the_same_bits(
         np.random.seed(0)
         model = ThreeLayerConvNet(input_dim=(3, 8, 8), num_filters=4, filter_size=3,
                                   hidden_dim=12, weight_scale=1e-1, reg=0.01,
-                                  normalization=normalization)
+                                  normalization=normalization, dtype=dtype)
         np.random.seed(1)
         solver = Solver(model, data, update_rule=update_rule, optim_config=config,
                         num_epochs=2, batch_size=10, verbose=False)
