@@ -226,6 +226,23 @@ def rmsprop(w, dw, config=None, out=None):
     return next_w, config
 
 
+def _adam_step(rule, w, config):
+    """
+    What adam's and adamw's kernels take for the next step on w: the
+    hyperparameters from config (defaults set there), the moments (made on
+    the first step) and the bias correction of steps taken plus one.
+
+    Returns (m, v, beta1, beta2, step, eps_hat, shrink, t); shrink is
+    1 - learning_rate * weight_decay for adamw, 1 for adam.
+    """
+    lr, beta1, beta2, eps, *decay = _hyperparameters(rule, config)
+    m, v = _state(config, w, "m", "v")
+    t = _steps_taken(config) + 1
+    step, eps_hat = _adam_bias_correction(lr, beta1, beta2, eps, t)
+    shrink = 1 - lr * decay[0] if decay else 1.0
+    return m, v, beta1, beta2, step, eps_hat, shrink, t
+
+
 def adam(w, dw, config=None, out=None):
     """
     Uses the Adam update rule, which incorporates moving averages of both the
@@ -241,10 +258,7 @@ def adam(w, dw, config=None, out=None):
     - t: Iteration number.
     """
     config = _config("adam", w, dw, config, out)
-    lr, beta1, beta2, eps = _hyperparameters("adam", config)
-    m, v = _state(config, w, "m", "v")
-    t = _steps_taken(config) + 1
-    step, eps_hat = _adam_bias_correction(lr, beta1, beta2, eps, t)
+    m, v, beta1, beta2, step, eps_hat, _, t = _adam_step("adam", w, config)
     next_w, _, _ = kernels_for(w, dw, m, v, out).adam(w, dw, m, v, beta1, beta2, step, eps_hat,
                                                       out)
     config["t"] = t
@@ -264,11 +278,7 @@ def adamw(w, dw, config=None, out=None):
     - weight_decay: Decoupled weight decay; 0 gives adam.
     """
     config = _config("adamw", w, dw, config, out)
-    lr, beta1, beta2, eps, weight_decay = _hyperparameters("adamw", config)
-    m, v = _state(config, w, "m", "v")
-    t = _steps_taken(config) + 1
-    step, eps_hat = _adam_bias_correction(lr, beta1, beta2, eps, t)
-    shrink = 1 - lr * weight_decay
+    m, v, beta1, beta2, step, eps_hat, shrink, t = _adam_step("adamw", w, config)
     next_w, _, _ = kernels_for(w, dw, m, v, out).adamw(w, dw, m, v, beta1, beta2, step, eps_hat,
                                                        shrink, out)
     config["t"] = t
@@ -295,11 +305,8 @@ class InPlaceStep:
 
     def __init__(self, rule, w, config):
         self.rule, self.w, self._config = rule, w, config
-        lr, self.beta1, self.beta2, eps, *decay = _hyperparameters(rule, config)
-        self.m, self.v = _state(config, w, "m", "v")
-        self._t = _steps_taken(config) + 1
-        self.step, self.eps_hat = _adam_bias_correction(lr, self.beta1, self.beta2, eps, self._t)
-        self.shrink = 1 - lr * decay[0] if decay else 1.0
+        (self.m, self.v, self.beta1, self.beta2, self.step, self.eps_hat, self.shrink,
+         self._t) = _adam_step(rule, w, config)
         self.applied = False
 
     def take_alongside(self, dw):
@@ -314,9 +321,7 @@ class InPlaceStep:
         """
         if self.applied:
             raise RuntimeError("this %s step was taken already" % self.rule)
-        check_same_device(w=self.w, dw=dw)
-        if dw.shape != self.w.shape:
-            raise ValueError("dw has shape %s but w has shape %s" % (dw.shape, self.w.shape))
+        _config(self.rule, self.w, dw, self._config)  # dw's device and shape
         inner = kernels_for(self.w, dw, self.m, self.v).adamw_alongside(
             self.w, dw, self.m, self.v, self.beta1, self.beta2, self.step, self.eps_hat,
             self.shrink, self.w)
