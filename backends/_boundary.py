@@ -15,6 +15,20 @@ import numbers
 from xdl.backends import get_array_module
 
 
+def is_real(v):
+    """
+    isinstance(v, numbers.Real) (bools included), without the abstract base
+    class's machinery for Python's own int and float: the checks run on
+    every layer call and update step.
+    """
+    return isinstance(v, (float, int)) or isinstance(v, numbers.Real)
+
+
+def is_integral(v):
+    """isinstance(v, numbers.Integral) (bools included), fast for Python's int."""
+    return isinstance(v, int) or isinstance(v, numbers.Integral)
+
+
 def _shape(a):
     return tuple(a.shape)
 
@@ -132,7 +146,7 @@ def check_matmul(a, b, c=None, beta=0.0):
     if c is not None and _shape(c) != (a.shape[0], b.shape[1]):
         raise ValueError("matmul's c must have the shape (M, N) = %s of a @ b (a %s, b %s), "
                          "got %s" % ((a.shape[0], b.shape[1]), _shape(a), _shape(b), _shape(c)))
-    if not isinstance(beta, numbers.Real) or not math.isfinite(beta):
+    if not is_real(beta) or not math.isfinite(beta):
         raise ValueError("matmul's beta must be a finite number, got %r" % (beta,))
 
 
@@ -145,7 +159,7 @@ def check_affine_backward(x, w, dout, reg):
     if _shape(dout) != (x.shape[0], w.shape[1]):
         raise ValueError("dout must have shape (N, M) = %s for x %s and w %s, got %s"
                          % ((x.shape[0], w.shape[1]), _shape(x), _shape(w), _shape(dout)))
-    if not isinstance(reg, numbers.Real) or not math.isfinite(reg) or reg < 0:
+    if not is_real(reg) or not math.isfinite(reg) or reg < 0:
         raise ValueError("reg must be a finite number >= 0, got %r" % (reg,))
 
 

@@ -4,6 +4,9 @@
 # kernels", explains the pattern and how to add a kind of kernel.
 
 from libc.string cimport memcpy, memset
+from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE,
+                             PyBuffer_Release, PyObject_GetBuffer)
+import sys
 import threading
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
@@ -117,39 +120,47 @@ cdef _start(_Work work, Py_ssize_t total, Py_ssize_t grain, dtype, keep, int thr
 
 # ------------------------------------------------------------ arrays
 
+# The byte-order mark of the host's own order in a buffer's format.
+cdef char _NATIVE_ORDER = c'<' if sys.byteorder == "little" else c'>'
+
+
 cdef void* _address(a, bint writable) except? NULL:
     """
     Address of the first element of a C-contiguous float32, float64 or int32
-    numpy array (NULL for None or an empty array). Taken through a typed
-    memoryview, which checks the dtype, the layout and, with writable, that
-    the array may be written. The caller keeps the array alive.
+    numpy array (NULL for None or an empty array). Taken through the buffer
+    protocol, which checks the layout and, with writable, that the array
+    may be written; the element type is checked here. The caller keeps the
+    array alive (the buffer is released at once: numpy arrays never move
+    their data). About 0.2 us a call, against 1 us through a typed
+    memoryview (which made a view of the array first): the kernels take
+    several addresses per call, and the CNN's step makes about 60 calls.
     """
-    cdef float[::1] f
-    cdef double[::1] d
-    cdef int[::1] i
-    cdef const float[::1] cf
-    cdef const double[::1] cd
-    cdef const int[::1] ci
+    cdef Py_buffer view
+    cdef void* p
+    cdef int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT
     if a is None or a.size == 0:
         return NULL
-    flat = a.reshape(-1)  # a view: a is contiguous
-    if a.dtype == np.float32:
-        if writable:
-            f = flat
-            return &f[0]
-        cf = flat
-        return <void*>&cf[0]
-    if a.dtype == np.float64:
-        if writable:
-            d = flat
-            return &d[0]
-        cd = flat
-        return <void*>&cd[0]
     if writable:
-        i = flat
-        return &i[0]
-    ci = flat
-    return <void*>&ci[0]
+        flags |= PyBUF_WRITABLE
+    cdef const char* fmt
+    PyObject_GetBuffer(a, &view, flags)
+    try:
+        # numpy's format: the type code, after a byte-order mark that is
+        # native ('@', '=', or the host's '<' or '>') unless the array is
+        # byte-swapped, which the kernels cannot read.
+        fmt = view.format
+        if fmt != NULL and (fmt[0] == c'@' or fmt[0] == c'=' or fmt[0] == _NATIVE_ORDER):
+            fmt += 1
+        if fmt == NULL or fmt[0] == 0 or fmt[1] != 0 or not (
+                (fmt[0] == c'f' and view.itemsize == 4)
+                or (fmt[0] == c'd' and view.itemsize == 8)
+                or ((fmt[0] == c'i' or fmt[0] == c'l') and view.itemsize == 4)):
+            raise TypeError("the kernels take native float32, float64 or int32 arrays, got %s"
+                            % (a.dtype,))
+        p = view.buf
+    finally:
+        PyBuffer_Release(&view)
+    return p
 
 
 def _floating(a, name):

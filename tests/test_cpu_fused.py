@@ -206,6 +206,30 @@ def test_fused_kernels_reject_bad_arrays():
         kern.sgd(strided_w, w, 0.1, strided_w)
 
 
+
+def test_kernels_read_arrays_of_either_byte_order_mark_but_refuse_byte_swapped_ones():
+    # The kernels take addresses through the buffer protocol. Arrays that
+    # come back from pickles and Dask carry an explicit '<' mark; arrays of
+    # the other byte order would be read as garbage, and are refused.
+    kern = compiled()
+    rng = np.random.RandomState(0)
+    x = rng.randn(2, 3, 8, 8).astype(np.float32)
+    w = rng.randn(4, 3, 3, 3).astype(np.float32)
+    b = rng.randn(4).astype(np.float32)
+    native = kern.conv_relu_pool_forward(x, w, b, 1, 1, 8, 8, 2, 2, 2, 4, 4)
+    marked = [a.astype(a.dtype.newbyteorder("=")) for a in (x, w, b)]
+    little = [a.astype(a.dtype.newbyteorder("<")) for a in (x, w, b)]
+    for arrays in (marked, little) if np.little_endian else (marked,):
+        out, argmax = kern.conv_relu_pool_forward(*arrays, 1, 1, 8, 8, 2, 2, 2, 4, 4)
+        np.testing.assert_array_equal(out, native[0])
+        np.testing.assert_array_equal(argmax, native[1])
+    swapped = [a.astype(a.dtype.newbyteorder("S")) for a in (x, w, b)]
+    with pytest.raises(TypeError, match="native float32, float64 or int32"):
+        kern.conv_relu_pool_forward(*swapped, 1, 1, 8, 8, 2, 2, 2, 4, 4)
+    s = swapped[1].reshape(4, -1)
+    with pytest.raises(TypeError, match="native float32, float64 or int32"):
+        kern.adam(s, s, s.copy(), s.copy(), 0.9, 0.99, 0.1, 1e-8)
+
 def test_fused_rules_on_empty_arrays(dtype):
     compiled()
     w = np.zeros((0, 3), dtype)

@@ -7,11 +7,11 @@ deep inside numpy.
 import contextlib
 import contextvars
 import math
-import numbers
 
 import numpy as np
 
 from xdl.backends import get_array_module, is_cupy_array
+from xdl.backends._boundary import is_integral, is_real
 
 # Set by labels_checked(): the caller validated every label once, on the host.
 _labels_prechecked = contextvars.ContextVar("xdl_labels_prechecked", default=False)
@@ -98,19 +98,19 @@ def check_labels(y, num_samples, num_classes, name="y"):
 
 
 def check_reg(reg, name="reg"):
-    if not isinstance(reg, numbers.Real) or not math.isfinite(reg) or reg < 0:
+    if not is_real(reg) or not math.isfinite(reg) or reg < 0:
         raise ValueError("%s must be a finite number >= 0, got %r" % (name, reg))
     return float(reg)
 
 
 def check_positive_int(v, name):
-    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v <= 0:
+    if not is_integral(v) or isinstance(v, bool) or v <= 0:
         raise ValueError("%s must be a positive integer, got %r" % (name, v))
     return int(v)
 
 
 def check_nonneg_int(v, name):
-    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
+    if not is_integral(v) or isinstance(v, bool) or v < 0:
         raise ValueError("%s must be an integer >= 0, got %r" % (name, v))
     return int(v)
 

@@ -41,10 +41,10 @@ w for a model to take itself during its backward pass
 """
 import difflib
 import math
-import numbers
 from typing import NamedTuple
 
 from xdl.backends import get_array_module, kernels_for
+from xdl.backends._boundary import is_integral, is_real
 from xdl._checks import check_same_device
 
 
@@ -64,6 +64,17 @@ class Rule(NamedTuple):
 
     def keys(self):
         return tuple(h.name for h in self.hyperparameters) + self.state
+
+    @property
+    def key_set(self):
+        """keys() as a frozenset, made once per rule (check_config runs every step)."""
+        known = _KEY_SETS.get(self)
+        if known is None:
+            known = _KEY_SETS[self] = frozenset(self.keys())
+        return known
+
+
+_KEY_SETS = {}
 
 
 def _learning_rate(default):
@@ -97,6 +108,8 @@ def check_config(rule, config):
     """
     if not isinstance(config, dict):
         raise TypeError("config must be a dict or None, got %s" % type(config).__name__)
+    if RULES[rule].key_set.issuperset(config):
+        return
     known = RULES[rule].keys()
     for key in config:
         if key not in known:
@@ -134,7 +147,7 @@ def _hyperparameters(rule, config):
     values = []
     for h in RULES[rule].hyperparameters:
         v = config.setdefault(h.name, h.default)
-        ok = isinstance(v, numbers.Real) and math.isfinite(v) and v >= h.lo and (
+        ok = is_real(v) and math.isfinite(v) and v >= h.lo and (
             v < h.hi if h.hi_open else v <= h.hi)
         if not ok:
             raise ValueError("config['%s'] must be a finite number in [%g, %g%s, got %r"
@@ -160,7 +173,7 @@ def _state(config, w, *names):
 def _steps_taken(config):
     """config['t'], the steps taken so far (0 before the first)."""
     t = config.get("t", 0)
-    if not isinstance(t, numbers.Integral) or isinstance(t, bool) or t < 0:
+    if not is_integral(t) or isinstance(t, bool) or t < 0:
         raise ValueError("config['t'] (the steps taken) must be an integer >= 0, got %r" % (t,))
     return int(t)
 
