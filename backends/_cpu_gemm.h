@@ -3,11 +3,12 @@
 
    A register tile of 6 rows by 2 vectors (16 floats, 8 doubles): a
    broadcast element of one operand times two vectors of the other, summed
-   in 12 accumulators. It runs the float32 affine layer's backward products,
-   dx = dout @ w.T and dw = x.T @ dout + reg * w, one block of rows of w at
-   a time (the same kernels in float64 were no faster than OpenBLAS here:
-   20.2-20.4 against 20.3-20.8 ms on one thread, 10.8-10.9 against 10.3-10.5
-   ms on two, for the CNN's 8192 x 500 layer), and a stride-1 convolution's
+   in 12 accumulators. It runs the affine layer's backward products, dx =
+   dout @ w.T (float32; in float64 OpenBLAS was faster: 21.7 against 25.3
+   ms for the CNN's 8192 x 500 layer on one thread) and dw = x.T @ dout +
+   reg * w (float32 and float64: OpenBLAS packed dout again for every
+   block, and the float64 sweep went 22.4 -> 20.3 ms on one thread, 11.5
+   -> 10.7 on two), one block of rows of w at a time, and a stride-1 convolution's
    forward product and filter gradient without im2col, in both types
    (_cpu_gemm_typed.h, included here once per type). The rest of the
    extension is built for baseline x86-64; these functions carry
@@ -310,36 +311,39 @@ static XDL_AVX2 void xdl_affine_dx_block(int N, int D, int M, const float* w, co
 }
 
 /* dw[d0:d0+dn] = x[:, d0:d0+dn].T @ dout + reg * w[d0:d0+dn]; x (N, D),
-   dout (N, M), dw (D, M). dout_tail: NULL when M is a multiple of 16, else
-   (N, 16): dout's last M % 16 columns, zero-padded. scratch holds
-   XDL_AFFINE_KC * dn floats (x's block, k-major); prefetches up to line
-   pf_upto of pf. */
-static XDL_AVX2 void xdl_affine_dw_block(int N, int D, int M, const float* x, const float* w,
-                                         const float* dout, const float* dout_tail, float* dw,
-                                         float reg, int d0, int dn, float* scratch,
-                                         xdl_prefetch* pf, long pf_upto) {
-    int tiles = xdl_tiles(dn), panels = (M + 15) / 16;
-    long calls = (long)((N + XDL_AFFINE_KC - 1) / XDL_AFFINE_KC) * panels * tiles;
-    long call = 0, pf_from = pf->done;
-    for (int k0 = 0; k0 < N; k0 += XDL_AFFINE_KC) {
-        int kc = N - k0 < XDL_AFFINE_KC ? N - k0 : XDL_AFFINE_KC;
-        for (int k = 0; k < kc; k++)
-            memcpy(scratch + k * dn, x + (long)(k0 + k) * D + d0, dn * sizeof(float));
-        for (int p = 0; p < panels; p++) {
-            int j0 = 16 * p, nn = M - j0 < 16 ? M - j0 : 16;
-            const float* b = nn == 16 ? dout + (long)k0 * M + j0 : dout_tail + (long)k0 * 16;
-            long ldb = nn == 16 ? M : 16;
-            for (int t = 0; t < tiles; t++) {
-                int r0 = xdl_tile_lo(dn, tiles, t), r1 = xdl_tile_lo(dn, tiles, t + 1);
-                float* c = dw + (long)(d0 + r0) * M + j0;
-                const float* y = k0 ? c : (reg != 0 ? w + (long)(d0 + r0) * M + j0 : NULL);
-                xdl_prefetch_upto(pf, pf_from + (pf_upto - pf_from) * ++call / calls);
-                xdl_tiles_of_s(r1 - r0, kc, scratch + r0, 1, dn, b, ldb, c, M, nn, y, M,
-                             k0 ? 1 : reg);
-            }
-        }
+   dout (N, M), dw (D, M), in panels of NR = 2 vectors of dw's columns:
+   xdl_affine_dw_block in float32 (NR 16), xdl_affine_dw_block_d in
+   float64 (NR 8). dout_tail: NULL when M is a multiple of NR, else (N, NR):
+   dout's last M % NR columns, zero-padded. scratch holds XDL_AFFINE_KC * dn
+   elements (x's block, k-major); prefetches up to line pf_upto of pf. */
+#define XDL_AFFINE_DW_BLOCK(NAME, T, S, NR)                                                    \
+    static XDL_AVX2 void NAME(int N, int D, int M, const T* x, const T* w, const T* dout,      \
+                              const T* dout_tail, T* dw, T reg, int d0, int dn, T* scratch,    \
+                              xdl_prefetch* pf, long pf_upto) {                                \
+        int tiles = xdl_tiles(dn), panels = (M + NR - 1) / NR;                                 \
+        long calls = (long)((N + XDL_AFFINE_KC - 1) / XDL_AFFINE_KC) * panels * tiles;        \
+        long call = 0, pf_from = pf->done;                                                     \
+        for (int k0 = 0; k0 < N; k0 += XDL_AFFINE_KC) {                                        \
+            int kc = N - k0 < XDL_AFFINE_KC ? N - k0 : XDL_AFFINE_KC;                          \
+            for (int k = 0; k < kc; k++)                                                       \
+                memcpy(scratch + k * dn, x + (long)(k0 + k) * D + d0, dn * sizeof(T));         \
+            for (int p = 0; p < panels; p++) {                                                 \
+                int j0 = NR * p, nn = M - j0 < NR ? M - j0 : NR;                               \
+                const T* b = nn == NR ? dout + (long)k0 * M + j0 : dout_tail + (long)k0 * NR;  \
+                long ldb = nn == NR ? M : NR;                                                  \
+                for (int t = 0; t < tiles; t++) {                                              \
+                    int r0 = xdl_tile_lo(dn, tiles, t), r1 = xdl_tile_lo(dn, tiles, t + 1);    \
+                    T* c = dw + (long)(d0 + r0) * M + j0;                                      \
+                    const T* y = k0 ? c : (reg != 0 ? w + (long)(d0 + r0) * M + j0 : NULL);   \
+                    xdl_prefetch_upto(pf, pf_from + (pf_upto - pf_from) * ++call / calls);    \
+                    xdl_tiles_of_##S(r1 - r0, kc, scratch + r0, 1, dn, b, ldb, c, M, nn, y, M, \
+                                     k0 ? 1 : reg);                                            \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
     }
-}
+XDL_AFFINE_DW_BLOCK(xdl_affine_dw_block, float, s, 16)
+XDL_AFFINE_DW_BLOCK(xdl_affine_dw_block_d, double, d, 8)
 
 #else
 /* Without GCC or Clang on x86-64 the kernels are never selected
@@ -354,6 +358,10 @@ static void xdl_affine_dw_block(int N, int D, int M, const float* x, const float
                                 const float* dout, const float* dout_tail, float* dw, float reg,
                                 int d0, int dn, float* scratch, xdl_prefetch* pf,
                                 long pf_upto) {}
+static void xdl_affine_dw_block_d(int N, int D, int M, const double* x, const double* w,
+                                  const double* dout, const double* dout_tail, double* dw,
+                                  double reg, int d0, int dn, double* scratch, xdl_prefetch* pf,
+                                  long pf_upto) {}
 #define XDL_NO_ADAM(T, S) static Py_ssize_t xdl_adam_span_##S(const T* w, const T* dw, T* m, \
     T* v, T* next_w, Py_ssize_t n, T b1, T k1, T b2, T k2, T neg_step, T eps, T shrink) { return 0; }
 XDL_NO_ADAM(float, ys)

@@ -2,7 +2,8 @@
 # _cpu_kernels.pyx before the kernels that use them; the C is in
 # _cpu_gemm.h and _cpu_gemm_typed.h): a register tile of 6 rows by 2
 # vectors, selected at run time (the rest of the extension is built for
-# baseline x86-64). They run the float32 affine layer's backward pass and
+# baseline x86-64). They run the float32 affine layer's backward pass (in
+# float64 its dw; dx stays on OpenBLAS) and
 # the stride-1 convolution's forward product and filter gradient in both
 # float types (_conv_forward_image, _conv_backward_image: the columns read
 # in place from the padded image, no im2col). For the affine layer:
@@ -33,6 +34,10 @@ cdef extern from "_cpu_gemm.h":
                              const float* dout, const float* dout_tail, float* dw, float reg,
                              int d0, int dn, float* scratch, xdl_prefetch* pf,
                              long pf_upto) noexcept nogil
+    void xdl_affine_dw_block_d(int N, int D, int M, const double* x, const double* w,
+                               const double* dout, const double* dout_tail, double* dw,
+                               double reg, int d0, int dn, double* scratch, xdl_prefetch* pf,
+                               long pf_upto) noexcept nogil
     Py_ssize_t xdl_adam_span_ys(const float* w, const float* dw, float* m, float* v, float* next_w,
                                 Py_ssize_t n, float b1, float k1, float b2, float k2, float neg_step,
                                 float eps, float shrink) noexcept nogil

@@ -73,30 +73,39 @@ SHAPES = [
 ]
 
 
-def _inputs(shape, seed=3):
+def _inputs(shape, seed=3, dtype=np.float32):
     N, D, M = shape
     rng = np.random.RandomState(seed)
-    return tuple(rng.randn(*s).astype(np.float32) for s in ((N, D), (D, M), (N, M)))
+    return tuple(rng.randn(*s).astype(dtype) for s in ((N, D), (D, M), (N, M)))
 
 
+# Rounding of the kernels' sums, relative to the scale of the result.
+AFFINE_TOL = {np.float32: 1e-4, np.float64: 1e-12}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES, ids=["x".join(map(str, s)) for s in SHAPES])
 @pytest.mark.parametrize("reg", [0.0, 0.25])
-def test_simd_affine_backward_matches_the_products(kern, shape, reg):
-    x, w, dout = _inputs(shape)
+def test_simd_affine_backward_matches_the_products(kern, shape, reg, dtype):
+    # float32: dx and dw on the AVX2 tiles; float64: dw on them (8 doubles
+    # a panel, so the CNN's 500 columns end in a masked panel of 4), dx on
+    # OpenBLAS.
+    x, w, dout = _inputs(shape, dtype=dtype)
     x64, w64, d64 = (a.astype(np.float64) for a in (x, w, dout))
     dx, dw, sumsq = kern.affine_backward(x, w, dout, reg, True, True)
-    assert dx.dtype == dw.dtype == np.float32 and sumsq.dtype == np.float32
-    # float32 sums of N or M terms: errors grow with the terms, about
-    # sqrt(terms) * 6e-8 relative to the scale of the result
-    assert_close(dx, d64 @ w64.T, np.float32, atol=1e-4 * max(1, np.sqrt(shape[2])))
-    assert_close(dw, x64.T @ d64 + reg * w64, np.float32, atol=1e-4 * max(1, np.sqrt(shape[0])))
+    assert dx.dtype == dw.dtype == dtype and sumsq.dtype == dtype
+    # sums of N or M terms: errors grow with the terms, about sqrt(terms)
+    # times the type's rounding, relative to the scale of the result
+    tol = AFFINE_TOL[dtype]
+    assert_close(dx, d64 @ w64.T, dtype, atol=tol * max(1, np.sqrt(shape[2])))
+    assert_close(dw, x64.T @ d64 + reg * w64, dtype, atol=tol * max(1, np.sqrt(shape[0])))
     assert abs(sumsq / (w64 ** 2).sum() - 1) < 1e-6
     # the OpenBLAS path gives the same values to rounding
     kern.set_simd_kernels(False)
     bdx, bdw, bsumsq = kern.affine_backward(x, w, dout, reg, True, True)
     kern.set_simd_kernels(True)
-    np.testing.assert_allclose(dx, bdx, rtol=1e-4, atol=1e-4 * np.abs(bdx).max())
-    np.testing.assert_allclose(dw, bdw, rtol=1e-4, atol=1e-4 * np.abs(bdw).max())
+    np.testing.assert_allclose(dx, bdx, rtol=tol, atol=tol * np.abs(bdx).max())
+    np.testing.assert_allclose(dw, bdw, rtol=tol, atol=tol * np.abs(bdw).max())
     assert abs(sumsq / bsumsq - 1) < 1e-6
     # without dx: the same dw, bit for bit
     none, dw_only = kern.affine_backward(x, w, dout, reg, False)
@@ -104,12 +113,13 @@ def test_simd_affine_backward_matches_the_products(kern, shape, reg):
     np.testing.assert_array_equal(dw_only, dw)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(50, 8192, 500), (7, 49, 17), (257, 50, 255)],
                          ids=["cnn-hidden", "edges", "long-sums"])
-def test_simd_affine_backward_is_deterministic_across_threads(kern, shape):
+def test_simd_affine_backward_is_deterministic_across_threads(kern, shape, dtype):
     # Each element is summed by one thread in a fixed order, whatever the
     # threads and the prefetching of the next block.
-    x, w, dout = _inputs(shape, seed=5)
+    x, w, dout = _inputs(shape, seed=5, dtype=dtype)
     kern.set_num_threads(1)
     one = kern.affine_backward(x, w, dout, 0.1, True, True)
     kern.set_num_threads(2)
@@ -120,10 +130,11 @@ def test_simd_affine_backward_is_deterministic_across_threads(kern, shape):
         np.testing.assert_array_equal(a, c)
 
 
-def test_simd_affine_backward_writes_all_of_reused_memory(kern):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_simd_affine_backward_writes_all_of_reused_memory(kern, dtype):
     # dx and dw come from reused blocks left full of NaN: every element
     # must be written (masked stores at the last panel's 4 columns included).
-    x, w, dout = _inputs((50, 8192, 500), seed=7)
+    x, w, dout = _inputs((50, 8192, 500), seed=7, dtype=dtype)
     first = kern.affine_backward(x, w, dout, 0.0, True)
     expected = tuple(a.copy() for a in first)
     poisoned = set()
@@ -137,9 +148,9 @@ def test_simd_affine_backward_writes_all_of_reused_memory(kern):
         np.testing.assert_array_equal(a, b)
 
 
-def test_simd_path_leaves_float64_and_the_layer_results_alone(kern):
-    # float64 keeps OpenBLAS (the kernels are float32); the layer's
-    # gradients agree with both paths to rounding.
+def test_simd_path_gives_the_layer_results_of_openblas(kern):
+    # The layer's gradients agree on both paths to rounding, in both types
+    # (float64: dx from OpenBLAS either way, bit for bit).
     from xdl.layers import affine_backward, affine_forward
     rng = np.random.RandomState(11)
     x = rng.randn(50, 8, 32, 32)
@@ -155,10 +166,10 @@ def test_simd_path_leaves_float64_and_the_layer_results_alone(kern):
         kern.set_simd_kernels(True)
         for s, o in zip(simd, blas):
             assert s.dtype == dtype and s.shape == o.shape
-            if dtype == np.float64:
-                np.testing.assert_array_equal(s, o)
-            else:
-                np.testing.assert_allclose(s, o, rtol=1e-4, atol=1e-4 * np.abs(o).max())
+            tol = AFFINE_TOL[dtype]
+            np.testing.assert_allclose(s, o, rtol=tol, atol=tol * np.abs(o).max())
+        if dtype == np.float64:
+            np.testing.assert_array_equal(simd[0], blas[0])
 
 
 # (N, C, H, W, F, KH, KW, pad): the CNN's layer; a row shorter than a panel
