@@ -245,7 +245,9 @@ def kernels_for(*arrays):
     """
     xp = get_array_module(*arrays)
     if xp is np:
-        from xdl.backends import cpu  # here: importing xdl loads no extension
+        cpu = sys.modules.get("xdl.backends.cpu")  # imported once (every kernel call asks)
+        if cpu is None:
+            from xdl.backends import cpu  # here: importing xdl loads no extension
         return cpu
     from xdl.backends import cuda
     return cuda

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from xdl.backends import get_array_module, is_cupy_array
+from xdl.backends import _cupy_if_loaded, get_array_module, is_cupy_array
 from xdl.backends._boundary import is_integral, is_real
 
 # Set by labels_checked(): the caller validated every label once, on the host.
@@ -40,6 +40,8 @@ def check_same_device(**arrays):
 
     Raises TypeError naming a numpy and a cupy argument and their shapes.
     """
+    if _cupy_if_loaded() is None:
+        return  # no cupy array can exist before cupy is imported
     on_cpu = on_gpu = None
     for name, a in arrays.items():
         if is_cupy_array(a):
