@@ -136,6 +136,8 @@ class _FakeCupyArray(np.ndarray):
 def test_check_same_device_names_both_arguments(monkeypatch):
     from xdl import _checks
     monkeypatch.setattr(_checks, "is_cupy_array", lambda a: isinstance(a, _FakeCupyArray))
+    # cupy arrays exist only once cupy is imported (the check returns at once before)
+    monkeypatch.setattr(_checks, "_cupy_if_loaded", lambda: object())
     x, w = np.zeros((2, 3)), np.zeros((4, 5)).view(_FakeCupyArray)
     _checks.check_same_device(x=x, w=np.zeros(4), b=None, scale=2.0)
     _checks.check_same_device(w=w, b=w)
