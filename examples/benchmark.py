@@ -142,9 +142,18 @@ def warm_up(both, sync, runs=5):
     sync()
 
 
-def settle():
-    """Let the other library's worker threads stop spinning before timing."""
-    time.sleep(0.3)
+def settle(seconds=0.3):
+    """
+    Let the other library's worker threads stop spinning before timing,
+    this thread kept busy meanwhile. An idle pause (a sleep) left this
+    shared VM's cores slow for the steps after it: float32 CNN steps took
+    18.2-19.4 ms after a 0.3 s sleep against 15.8-17.7 back to back and
+    16.5-18.6 after a busy wait (medians of 40 steps each, one process, in
+    turn), which reaches xdl's short steps more than PyTorch's long ones.
+    """
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 # ----------------------------------------------------------------- rows
