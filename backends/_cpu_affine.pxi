@@ -47,10 +47,9 @@ cdef struct AffineBackwardJob:
     void* dx
     void* dw
     double* sumsq_parts     # NULL, or one sum of squares of w per block
-    bint simd               # float32 with the AVX2 + FMA kernels (_cpu_gemm.pxi)
-    const float* dout_tail  # simd, M % 16 != 0: dout's last M % 16 columns, (N, 16) zero-padded
-    bint simd64             # float64 with the AVX2 + FMA dw kernel
-    const double* dout_tail64   # simd64, M % 8 != 0: dout's last M % 8 columns, (N, 8) zero-padded
+    bint simd               # the AVX2 + FMA kernels (_cpu_gemm.pxi): float32's dx and dw, float64's dw
+    const float* dout_tail  # simd float32, M % 16 != 0: dout's last M % 16 columns, (N, 16) zero-padded
+    const double* dout_tail64   # simd float64, M % 8 != 0: dout's last M % 8 columns, (N, 8) zero-padded
 
 
 cdef void _affine_backward_block(const AffineBackwardJob* j, Py_ssize_t blk,
@@ -80,20 +79,26 @@ cdef void _affine_backward_block(const AffineBackwardJob* j, Py_ssize_t blk,
           beta, dw + d0 * j.M, j.M)
 
 
-cdef int _simd_affine_backward_run(Items* items, const AffineBackwardJob* j) noexcept nogil:
-    # The blocks with the AVX2 + FMA kernels; while a block is computed, the
-    # next block has its rows of w and dw prefetched (w for the dx product,
-    # dw so its stores do not wait on memory). Returns -1 when scratch
-    # memory could not be had (nothing done: the caller falls back).
-    cdef float* packed_w = <float*>malloc(XDL_AFFINE_KC * 16 * sizeof(float))
-    cdef float* packed_x = <float*>malloc(XDL_AFFINE_KC * j.rows * sizeof(float))
-    cdef const float* w = <const float*>j.w
-    cdef float* dw = <float*>j.dw
+cdef int _simd_affine_backward_run(Items* items, const AffineBackwardJob* j,
+                                   const floating* w) noexcept nogil:
+    # The blocks with the AVX2 + FMA kernels: dx and dw in float32; dw only
+    # in float64, whose dx stays on OpenBLAS (faster there: 21.7 against
+    # 25.3 ms for the CNN's sweep on one thread), while OpenBLAS's dw call
+    # packed all of dout again for every block of 16 rows (the dw half took
+    # 13.2 of the sweep's 22.6 ms on one thread). While a block is computed,
+    # the next block has its rows of w and dw prefetched (w for the dx
+    # product, dw so its stores do not wait on memory). Returns -1 when
+    # scratch memory could not be had (nothing done: the caller falls back).
+    cdef float* packed_w = NULL
+    cdef floating* packed_x = <floating*>malloc(XDL_AFFINE_KC * j.rows * sizeof(floating))
+    cdef floating* dw = <floating*>j.dw
     cdef Py_ssize_t lo = 0, hi = 0, blk
     cdef int d0, dn, d1, dn1
     cdef long lines
     cdef xdl_prefetch pf
-    if packed_w == NULL or packed_x == NULL:
+    if floating is float:
+        packed_w = <float*>malloc(XDL_AFFINE_KC * 16 * sizeof(float))
+    if packed_x == NULL or (floating is float and packed_w == NULL):
         free(packed_w)
         free(packed_x)
         return -1
@@ -106,59 +111,30 @@ cdef int _simd_affine_backward_run(Items* items, const AffineBackwardJob* j) noe
             # likely take (else the other core finds it in the shared L3).
             d1 = d0 + dn if blk + 1 < hi else xdl_load_relaxed(&items.next) * items.grain * j.rows
             dn1 = max(0, min(j.rows, j.D - d1))
-            lines = (<long>dn1 * j.M * sizeof(float) + 63) // 64
+            lines = (<long>dn1 * j.M * sizeof(floating) + 63) // 64
             pf.a = <const char*>(w + <Py_ssize_t>d1 * j.M)
             pf.b = <const char*>(dw + <Py_ssize_t>d1 * j.M)
             pf.na = lines
             pf.nb = lines
             pf.done = 0
             if j.want_dx:
-                xdl_affine_dx_block(j.N, j.D, j.M, w, <const float*>j.dout, <float*>j.dx,
-                                    d0, dn, packed_w, &pf, lines)
+                if floating is float:
+                    xdl_affine_dx_block(j.N, j.D, j.M, w, <const float*>j.dout, <float*>j.dx,
+                                        d0, dn, packed_w, &pf, lines)
+                else:
+                    _gemm(c'T', c'N', dn, j.N, j.M, <double>1, w + <Py_ssize_t>d0 * j.M, j.M,
+                          <const double*>j.dout, j.M, <double>0, <double*>j.dx + d0, j.D)
             if j.sumsq_parts != NULL:
                 j.sumsq_parts[blk] = _sumsq_span(w + <Py_ssize_t>d0 * j.M, <Py_ssize_t>dn * j.M)
-            xdl_affine_dw_block(j.N, j.D, j.M, <const float*>j.x, w, <const float*>j.dout,
-                                j.dout_tail, dw, <float>j.reg, d0, dn, packed_x, &pf,
-                                2 * lines)
+            if floating is float:
+                xdl_affine_dw_block(j.N, j.D, j.M, <const float*>j.x, w, <const float*>j.dout,
+                                    j.dout_tail, dw, <float>j.reg, d0, dn, packed_x, &pf,
+                                    2 * lines)
+            else:
+                xdl_affine_dw_block_d(j.N, j.D, j.M, <const double*>j.x, w,
+                                      <const double*>j.dout, j.dout_tail64, dw, j.reg, d0, dn,
+                                      packed_x, &pf, 2 * lines)
     free(packed_w)
-    free(packed_x)
-    return 0
-
-
-cdef int _simd64_affine_backward_run(Items* items, const AffineBackwardJob* j) noexcept nogil:
-    # float64: dx on OpenBLAS, dw on the AVX2 + FMA tile (OpenBLAS's call
-    # for a block's dw packed all of dout again, for every block of 16 rows:
-    # the dw half took 13.2 of the sweep's 22.6 ms on one thread); the next
-    # block's rows of w and dw are prefetched during dw. Returns -1 when
-    # scratch memory could not be had (nothing done: the caller falls back).
-    cdef double* packed_x = <double*>malloc(XDL_AFFINE_KC * j.rows * sizeof(double))
-    cdef const double* w = <const double*>j.w
-    cdef double* dw = <double*>j.dw
-    cdef Py_ssize_t lo = 0, hi = 0, blk
-    cdef int d0, dn, d1, dn1
-    cdef long lines
-    cdef xdl_prefetch pf
-    if packed_x == NULL:
-        return -1
-    while _take(items, &lo, &hi):
-        for blk in range(lo, hi):
-            d0 = blk * j.rows
-            dn = min(j.rows, j.D - d0)
-            d1 = d0 + dn if blk + 1 < hi else xdl_load_relaxed(&items.next) * items.grain * j.rows
-            dn1 = max(0, min(j.rows, j.D - d1))
-            lines = (<long>dn1 * j.M * sizeof(double) + 63) // 64
-            pf.a = <const char*>(w + <Py_ssize_t>d1 * j.M)
-            pf.b = <const char*>(dw + <Py_ssize_t>d1 * j.M)
-            pf.na = lines
-            pf.nb = lines
-            pf.done = 0
-            if j.want_dx:
-                _gemm(c'T', c'N', dn, j.N, j.M, <double>1, w + <Py_ssize_t>d0 * j.M, j.M,
-                      <const double*>j.dout, j.M, <double>0, <double*>j.dx + d0, j.D)
-            if j.sumsq_parts != NULL:
-                j.sumsq_parts[blk] = _sumsq_span(w + <Py_ssize_t>d0 * j.M, <Py_ssize_t>dn * j.M)
-            xdl_affine_dw_block_d(j.N, j.D, j.M, <const double*>j.x, w, <const double*>j.dout,
-                                  j.dout_tail64, dw, j.reg, d0, dn, packed_x, &pf, 2 * lines)
     free(packed_x)
     return 0
 
@@ -166,12 +142,8 @@ cdef int _simd64_affine_backward_run(Items* items, const AffineBackwardJob* j) n
 cdef void _affine_backward_run(Items* items, const AffineBackwardJob* j,
                                floating* dx) noexcept nogil:
     cdef Py_ssize_t lo = 0, hi = 0, blk
-    if floating is float:
-        if j.simd and _simd_affine_backward_run(items, j) == 0:
-            return
-    else:
-        if j.simd64 and _simd64_affine_backward_run(items, j) == 0:
-            return
+    if j.simd and _simd_affine_backward_run(items, j, <const floating*>j.w) == 0:
+        return
     while _take(items, &lo, &hi):
         for blk in range(lo, hi):
             _affine_backward_block(j, blk, <const floating*>j.x, <const floating*>j.w,
@@ -233,19 +205,17 @@ def affine_backward(x, w, dout, reg=0.0, compute_dx=True, w_sumsq=False):
     cdef _AffineBackwardWork work = _AffineBackwardWork()
     cdef AffineBackwardJob* j = &work.job
     j.N, j.D, j.M = N, D, M
-    j.simd = dtype == np.float32 and _simd_kernels
-    tail = None
-    if j.simd:
+    j.simd = _simd_kernels
+    tail = tail64 = None
+    if j.simd and dtype == np.float32:
         rows = min(D, SIMD_AFFINE_ROWS)
         if M % 16:
             tail = np.zeros((N, 16), np.float32)
             tail[:, :M % 16] = dout[:, M - M % 16:]
-    j.dout_tail = <const float*>_address(tail, False)
-    j.simd64 = dtype == np.float64 and _simd_kernels
-    tail64 = None
-    if j.simd64 and M % 8:
+    elif j.simd and M % 8:  # float64: blocks of `rows` rows, as OpenBLAS's dx calls need
         tail64 = np.zeros((N, 8), np.float64)
         tail64[:, :M % 8] = dout[:, M - M % 8:]
+    j.dout_tail = <const float*>_address(tail, False)
     j.dout_tail64 = <const double*>_address(tail64, False)
     j.rows = rows
     j.want_dx = dx is not None and dx.size > 0
