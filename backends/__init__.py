@@ -233,7 +233,7 @@ OPERATIONS = (
     "conv_relu_pool_forward", "conv_relu_pool_backward",
     "matmul", "affine_backward", "softmax_loss",
     "sgd", "sgd_momentum", "rmsprop", "adam", "adamw", "adamw_alongside",
-    "sum_of_squares", "axpy",
+    "sum_of_squares", "axpy", "relu_backward",
 )
 
 

@@ -264,3 +264,8 @@ def sum_of_squares(x):
 def axpy(alpha, x, y):
     """numpy_kernels.axpy, fused when fused_kernels takes the arrays."""
     return _elementwise(y, x).axpy(alpha, x, y)
+
+
+def relu_backward(dout, x):
+    """numpy_kernels.relu_backward, one compiled pass when fused_kernels takes the arrays."""
+    return _elementwise(dout, x).relu_backward(dout, x)

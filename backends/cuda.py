@@ -565,3 +565,8 @@ def axpy(alpha, x, y):
         return numpy_kernels.axpy(alpha, x, y)
     _launch("axpy", dtype, y.size, x, y, alpha, y.size)
     return y
+
+
+def relu_backward(dout, x):
+    """numpy_kernels.relu_backward on cupy arrays: CuPy's where, one elementwise launch."""
+    return numpy_kernels.relu_backward(dout, x)

@@ -574,6 +574,23 @@ def sum_of_squares(x):
     return get_array_module(x).vdot(flat, flat)
 
 
+def relu_backward(dout, x):
+    """
+    The ReLU's backward pass.
+
+    Inputs:
+    - dout: upstream gradient; x: the ReLU's input, of dout's shape
+
+    Returns:
+    - dx: dout where x > 0, else 0 (also where dout or x is NaN there), of
+      dout's dtype
+    """
+    _boundary.check_floating("dout", dout)
+    _boundary.check_same_shape(("dout", dout), ("x", x))
+    xp = get_array_module(dout, x)
+    return xp.where(x > 0, dout, xp.zeros((), dtype=dout.dtype))
+
+
 def axpy(alpha, x, y):
     """
     y += alpha * x, in place.

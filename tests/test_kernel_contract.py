@@ -660,6 +660,44 @@ def test_sum_of_squares_and_axpy(impl, dtype):
         assert_close(y, y0.astype(np.float64) + 0.3 * x, dtype)
 
 
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_relu_backward(impl, dtype):
+    # dout where x > 0, else +0.0: also where x is NaN, -0.0 or 0, and where
+    # dout is NaN or inf at a unit that gets no gradient; sizes with and
+    # without a vector tail, several of the compiled kernels' chunks.
+    rng = np.random.RandomState(8)
+    for shape in [(1,), (7,), (3, 1001), (2, 3, 5, 7), (70000,), (0, 4)]:
+        x = rng.randn(*shape).astype(dtype)
+        dout = rng.randn(*shape).astype(dtype)
+        flat_x, flat_d = x.reshape(-1), dout.reshape(-1)
+        if flat_x.size >= 7:
+            flat_x[:4] = [np.nan, -0.0, 0.0, -1.0]
+            flat_d[:4] = [1.0, 2.0, 3.0, np.nan]
+            flat_x[4:7] = [-2.0, -3.0, 5.0]
+            flat_d[4:7] = [np.inf, -4.0, np.nan]   # a live unit passes NaN on
+        expected = np.where(x > 0, dout, 0).astype(dtype)
+        got = host(impl.ops.relu_backward(impl.put(dout), impl.put(x)))
+        assert got.dtype == dtype and got.shape == shape
+        # bit for bit: +0.0, never -0.0, where the unit gets no gradient
+        np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))
+    with pytest.raises(ValueError, match="x has shape"):
+        impl.ops.relu_backward(impl.put(np.ones((2, 3), dtype)), impl.put(np.ones((3, 2), dtype)))
+
+
+def test_relu_backward_of_strided_and_mixed_arrays(impl):
+    # Views and float64 inputs to float32 gradients take the formula on the
+    # CPU: dout's dtype, the same values.
+    rng = np.random.RandomState(9)
+    x = rng.randn(6, 10)
+    dout = rng.randn(6, 10).astype(np.float32)
+    got = host(impl.ops.relu_backward(impl.put(dout)[:, ::2], impl.put(x)[:, ::2]))
+    np.testing.assert_array_equal(got, np.where(x[:, ::2] > 0, dout[:, ::2], 0))
+    assert got.dtype == np.float32
+    got = host(impl.ops.relu_backward(impl.put(dout), impl.put(x)))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.where(x > 0, dout, 0))
+
+
 # ---------------------------------------------------------------------------
 # Update rules: one state convention
 # ---------------------------------------------------------------------------
