@@ -8,7 +8,7 @@ import pytest
 from xdl.classifiers import LinearSVM, Softmax
 from xdl.classifiers.linear_svm import svm_loss_naive, svm_loss_vectorized
 from xdl.classifiers.softmax import softmax_loss_naive, softmax_loss_vectorized
-from xdl.gradient_check import grad_check_sparse, rel_error
+from xdl.gradient_check import grad_check_sparse
 
 from helpers import host, to
 

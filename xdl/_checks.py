@@ -169,11 +169,16 @@ def conv_geometry(x, w, conv_param):
 def pool_geometry(x, pool_param):
     """Validate a max-pool's inputs; return (ph, pw, stride, out_h, out_w)."""
     check_ndim(x, 4, "x", "(N, C, H, W)")
+    return pool_geometry_of_shape(x.shape, pool_param)
+
+
+def pool_geometry_of_shape(shape, pool_param):
+    """pool_geometry of an input of this (N, C, H, W) shape, which need not exist."""
     if not isinstance(pool_param, dict):
         raise TypeError("pool_param must be a dict with 'pool_height', 'pool_width', 'stride'")
     ph = check_positive_int(pool_param.get("pool_height", 2), "pool_param['pool_height']")
     pw = check_positive_int(pool_param.get("pool_width", 2), "pool_param['pool_width']")
     stride = check_positive_int(pool_param.get("stride", 2), "pool_param['stride']")
-    out_h = conv_output_size(x.shape[2], ph, stride, 0, "height")
-    out_w = conv_output_size(x.shape[3], pw, stride, 0, "width")
+    out_h = conv_output_size(shape[2], ph, stride, 0, "height")
+    out_w = conv_output_size(shape[3], pw, stride, 0, "width")
     return ph, pw, stride, out_h, out_w

@@ -2,7 +2,6 @@
 forward/backward pair. Each forward returns (out, cache) and each backward
 returns the gradients of the chain's inputs, in argument order.
 """
-import numpy as np
 
 from xdl.backends import kernels_for
 from xdl._checks import (
@@ -10,7 +9,7 @@ from xdl._checks import (
     check_param_shape,
     check_same_device,
     conv_geometry,
-    pool_geometry,
+    pool_geometry_of_shape,
 )
 from xdl.layers import (
     affine_backward,
@@ -259,8 +258,7 @@ def conv_relu_pool_backward(dout, cache, compute_dx=True):
 
 def _pool_geometry_of(N, F, out_h, out_w, pool_param):
     """pool_geometry of the (N, F, out_h, out_w) convolution output (which is never made)."""
-    shape_only = np.broadcast_to(np.zeros((), dtype=np.float32), (N, F, out_h, out_w))
-    return pool_geometry(shape_only, pool_param)
+    return pool_geometry_of_shape((N, F, out_h, out_w), pool_param)
 
 
 def conv_bn_relu_pool_forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
