@@ -133,16 +133,16 @@ cdef void* _address(a, bint writable) except? NULL:
     array alive (the buffer is released at once: numpy arrays never move
     their data). About 0.2 us a call, against 1 us through a typed
     memoryview (which made a view of the array first): the kernels take
-    several addresses per call, and the CNN's step makes about 60 calls.
+    several addresses per call, the CNN's step about 60.
     """
     cdef Py_buffer view
     cdef void* p
+    cdef const char* fmt
     cdef int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT
     if a is None or a.size == 0:
         return NULL
     if writable:
         flags |= PyBUF_WRITABLE
-    cdef const char* fmt
     PyObject_GetBuffer(a, &view, flags)
     try:
         # numpy's format: the type code, after a byte-order mark that is
