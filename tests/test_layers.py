@@ -215,6 +215,21 @@ def test_dropout_statistics(xp, dtype):
         assert float(out.mean()) == pytest.approx(float(x.mean()), rel=0.01)
 
 
+def test_dropout_mask_holds_one_over_p_and_zero_in_the_input_dtype(xp, dtype):
+    # Kept units hold dtype(1 / p) exactly and dropped ones +0.0: the bits of
+    # where(keep, 1/p, 0).
+    x = to(xp, np.random.RandomState(1).randn(30, 40), dtype)
+    for p in (1 / 3, 0.5, 0.9, 1.0):
+        _, (_, mask) = dropout_forward(x, {"mode": "train", "p": p, "seed": 5})
+        m = host(mask)
+        assert m.dtype == dtype and m.shape == (30, 40)
+        kept = m != 0
+        np.testing.assert_array_equal(m, np.where(kept, dtype(1 / p), dtype(0)))
+        assert not np.signbit(m).any()
+        if p == 1.0:
+            assert kept.all()
+
+
 def test_dropout_backward_numerical(xp):
     rng = np.random.RandomState(231)
     x, dout = rng.randn(10, 10) + 10, rng.randn(10, 10)

@@ -277,7 +277,11 @@ def dropout_forward(x, dropout_param):
     mask = None
     if mode == "train":
         keep = _dropout_uniform(xp, x.shape, dropout_param.get("seed")) < p
-        mask = xp.where(keep, x.dtype.type(1 / p), x.dtype.type(0))
+        # 1/p where kept, 0 where dropped, in x's dtype: the same bits as
+        # where(keep, 1/p, 0), whose scalar operands take NumPy's slow
+        # generic loop (21.6 against 6.8 us for (200, 100) float32 masks,
+        # 6.5 against 0.27 ms for (50, 32, 32, 32)).
+        mask = keep.astype(x.dtype) * x.dtype.type(1 / p)
         out = x * mask
     else:
         out = x
