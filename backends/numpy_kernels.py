@@ -583,9 +583,8 @@ def relu_backward(dout, x):
 
     Returns:
     - dx: dout where x > 0, else 0 (also where dout or x is NaN there), of
-      dout's dtype
+      dout's dtype (any dtype: the fused kernels take float32 and float64)
     """
-    _boundary.check_floating("dout", dout)
     _boundary.check_same_shape(("dout", dout), ("x", x))
     xp = get_array_module(dout, x)
     return xp.where(x > 0, dout, xp.zeros((), dtype=dout.dtype))

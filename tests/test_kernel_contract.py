@@ -685,8 +685,8 @@ def test_relu_backward(impl, dtype):
 
 
 def test_relu_backward_of_strided_and_mixed_arrays(impl):
-    # Views and float64 inputs to float32 gradients take the formula on the
-    # CPU: dout's dtype, the same values.
+    # Views, float64 inputs to float32 gradients and other dtypes take the
+    # formula on the CPU: dout's dtype, the same values.
     rng = np.random.RandomState(9)
     x = rng.randn(6, 10)
     dout = rng.randn(6, 10).astype(np.float32)
@@ -696,6 +696,13 @@ def test_relu_backward_of_strided_and_mixed_arrays(impl):
     got = host(impl.ops.relu_backward(impl.put(dout), impl.put(x)))
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, np.where(x > 0, dout, 0))
+    # other dtypes keep theirs (the formula): integers, float16
+    got = host(impl.ops.relu_backward(impl.put(np.array([1, -2, 3], np.int64)),
+                                      impl.put(np.array([1.0, 2.0, -1.0]))))
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, [1, -2, 0])
+    half = host(impl.ops.relu_backward(impl.put(dout, np.float16), impl.put(x, np.float16)))
+    assert half.dtype == np.float16
 
 
 # ---------------------------------------------------------------------------
