@@ -206,7 +206,6 @@ def test_fused_kernels_reject_bad_arrays():
         kern.sgd(strided_w, w, 0.1, strided_w)
 
 
-
 def test_kernels_read_arrays_of_either_byte_order_mark_but_refuse_byte_swapped_ones():
     # The kernels take addresses through the buffer protocol. Arrays that
     # come back from pickles and Dask carry an explicit '<' mark; arrays of
@@ -229,6 +228,7 @@ def test_kernels_read_arrays_of_either_byte_order_mark_but_refuse_byte_swapped_o
     s = swapped[1].reshape(4, -1)
     with pytest.raises(TypeError, match="native float32, float64 or int32"):
         kern.adam(s, s, s.copy(), s.copy(), 0.9, 0.99, 0.1, 1e-8)
+
 
 def test_fused_rules_on_empty_arrays(dtype):
     compiled()

@@ -65,17 +65,6 @@ class Rule(NamedTuple):
     def keys(self):
         return tuple(h.name for h in self.hyperparameters) + self.state
 
-    @property
-    def key_set(self):
-        """keys() as a frozenset, made once per rule (check_config runs every step)."""
-        known = _KEY_SETS.get(self)
-        if known is None:
-            known = _KEY_SETS[self] = frozenset(self.keys())
-        return known
-
-
-_KEY_SETS = {}
-
 
 def _learning_rate(default):
     return Hyper("learning_rate", default)
@@ -96,6 +85,9 @@ RULES = {
                   ("m", "v", "t")),
 }
 
+# Each rule's keys as a set, for check_config's test on every step.
+_KEY_SETS = {name: frozenset(r.keys()) for name, r in RULES.items()}
+
 
 def check_config(rule, config):
     """
@@ -108,7 +100,7 @@ def check_config(rule, config):
     """
     if not isinstance(config, dict):
         raise TypeError("config must be a dict or None, got %s" % type(config).__name__)
-    if RULES[rule].key_set.issuperset(config):
+    if _KEY_SETS[rule].issuperset(config):
         return
     known = RULES[rule].keys()
     for key in config:
