@@ -10,6 +10,105 @@ from libc.string cimport memcpy
 # elements at a time before they are reduced into dw.
 PARTIAL_ELEMENTS = 1 << 21
 
+
+cdef extern from *:
+    """
+    /* The turn to add the partials: taken by compare-and-swap, given back
+       by a store, and the ready flags stored and read, all sequentially
+       consistent (what _add_ready's hand-over relies on). */
+    #if defined(_MSC_VER)
+    #include <intrin.h>
+    static int xdl_take_turn(long long *p) { return _InterlockedCompareExchange64(p, 1, 0) == 0; }
+    static void xdl_give_turn(long long *p) { _InterlockedExchange64(p, 0); }
+    static void xdl_set_flag(int *p) { _InterlockedExchange((long *)p, 1); }
+    static int xdl_flag(int *p) { return _InterlockedCompareExchange((long *)p, 0, 0); }
+    #else
+    static int xdl_take_turn(long long *p) {
+        long long expected = 0;
+        return __atomic_compare_exchange_n(p, &expected, 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    }
+    static void xdl_give_turn(long long *p) { __atomic_store_n(p, 0, __ATOMIC_SEQ_CST); }
+    static void xdl_set_flag(int *p) { __atomic_store_n(p, 1, __ATOMIC_SEQ_CST); }
+    static int xdl_flag(int *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+    #endif
+    """
+    bint xdl_take_turn(long long* p) noexcept nogil
+    void xdl_give_turn(long long* p) noexcept nogil
+    void xdl_set_flag(int* p) noexcept nogil
+    bint xdl_flag(int* p) noexcept nogil
+
+
+cdef struct OrderedSum:
+    # A group's per-image partials of the filter gradient, added into dw and
+    # db in image order while the other images are still computed.
+    long long turn      # 1 while a thread adds
+    Py_ssize_t next     # the next unit to add (read and written under the turn)
+    Py_ssize_t count    # units of the group
+    int* ready          # ready[u] set once unit u's partials are written
+    void* dw            # (F*K,): dw += each unit's dw partial, in unit order
+    void* db            # (F,): likewise
+
+
+cdef void _add_ready(OrderedSum* o, Py_ssize_t u, const floating* dw_parts,
+                     const floating* db_parts, Py_ssize_t FK, Py_ssize_t F) noexcept nogil:
+    # Unit u's partials are written: mark them ready, then, if no other
+    # thread is adding, add every ready unit from the next one on, in order.
+    # The sums are those of adding all the units in order after the call
+    # (the same bits, whatever thread took a unit), but taken meanwhile by
+    # whichever thread is free, from its own cache where it computed the
+    # unit (NumPy's sums after the call took 0.10-0.18 ms of the CNN's
+    # step). A thread that finds the turn taken leaves: the thread adding
+    # looks again at the next flag after giving the turn back, so a unit
+    # marked meanwhile is added by one of them.
+    cdef floating* dw = <floating*>o.dw
+    cdef floating* db = <floating*>o.db
+    cdef const floating* p
+    cdef Py_ssize_t n, k
+    xdl_set_flag(&o.ready[u])
+    while xdl_take_turn(&o.turn):
+        n = o.next
+        while n < o.count and xdl_flag(&o.ready[n]):
+            p = dw_parts + n * FK
+            for k in range(FK):
+                dw[k] = dw[k] + p[k]
+            p = db_parts + n * F
+            for k in range(F):
+                db[k] = db[k] + p[k]
+            n += 1
+        o.next = n
+        xdl_give_turn(&o.turn)
+        if n >= o.count or not xdl_flag(&o.ready[n]):
+            return
+
+
+cdef class _OrderedSums:
+    """
+    The OrderedSum of one kernel call's groups of images, for dw (F, K) and
+    db (F,) C-contiguous, zeros: start(units) before each group's team call,
+    check() after it.
+    """
+    cdef OrderedSum sum
+    cdef object ready, dw, db
+
+    def __init__(self, Py_ssize_t group, dw, db):
+        self.ready = np.zeros(max(1, group), np.int32)
+        self.dw, self.db = dw, db
+        self.sum.ready = <int*>_address(self.ready, True)
+        self.sum.dw = _address(dw, True)
+        self.sum.db = _address(db, True)
+
+    cdef OrderedSum* start(self, Py_ssize_t units) except NULL:
+        self.ready[:units] = 0
+        self.sum.turn, self.sum.next, self.sum.count = 0, 0, units
+        return &self.sum
+
+    cdef check(self):
+        # Every unit added: the hand-over guarantees it once the call returns.
+        if self.sum.next != self.sum.count:
+            raise RuntimeError("conv backward: %d of %d images' filter gradients were added"
+                               % (self.sum.next, self.sum.count))
+
+
 # An image's columns are built and multiplied in bands of output rows of at
 # most this many bytes, so that they stay in the core's L2 (1 MiB here) next
 # to the GEMM's packed panels and the pre-pool map. The 7x7x3 columns of a
@@ -621,6 +720,7 @@ cdef struct ConvBackwardJob:
     void* workspace         # per_thread elements per thread: _image_scratch(s)
     Py_ssize_t per_thread
     Py_ssize_t n0           # the group's first image: unit u is image n0 + u
+    OrderedSum* order       # dw and db, summed over the group's units as they are done
 
 
 cdef void _conv_backward_run(Items* items, const ConvBackwardJob* j, int tid,
@@ -639,6 +739,7 @@ cdef void _conv_backward_run(Items* items, const ConvBackwardJob* j, int tid,
                                  dout + n * j.s.F * j.s.P,
                                  dx + n * image if dx != NULL else NULL,
                                  dw_parts + u * j.s.F * j.s.K, db_parts + u * j.s.F, cols, j.s)
+            _add_ready(j.order, u, dw_parts, db_parts, <Py_ssize_t>j.s.F * j.s.K, j.s.F)
 
 
 cdef class _ConvBackwardWork(_Work):
@@ -716,8 +817,9 @@ def conv_backward(dout, x, w, int stride, int pad, int OH, int OW, compute_dx=Tr
     cdef _ConvBackwardWork work
     workspace = _cpu_team.take_workspace(threads * per_thread, dtype)
     parts = _cpu_team.take_workspace(group * s.F * (s.K + 1), dtype)
-    dw_parts = parts[:group * s.F * s.K].reshape(group, s.F * s.K)
-    db_parts = parts[group * s.F * s.K:].reshape(group, s.F)
+    dw_parts = parts[:group * s.F * s.K]
+    db_parts = parts[group * s.F * s.K:]
+    cdef _OrderedSums sums = _OrderedSums(group, dw, db)
     for n0 in range(0, s.N, group):
         n1 = min(s.N, n0 + group)
         work = _ConvBackwardWork()
@@ -729,11 +831,10 @@ def conv_backward(dout, x, w, int stride, int pad, int OH, int OW, compute_dx=Tr
         work.job.workspace = _address(workspace, True)
         work.job.per_thread = per_thread
         work.job.n0 = n0
-        _start(work, n1 - n0, 1, dtype, (x, w, dout, dx, parts, workspace),
+        work.job.order = sums.start(n1 - n0)
+        _start(work, n1 - n0, 1, dtype, (x, w, dout, dx, parts, workspace, sums),
                min(threads, n1 - n0))
-        # Reduce in image order (numpy's pairwise sum): deterministic.
-        dw += dw_parts[:n1 - n0].sum(axis=0).reshape(s.F, s.K)
-        db += db_parts[:n1 - n0].sum(axis=0)
+        sums.check()
     _cpu_team.give_back(workspace)
     _cpu_team.give_back(parts)
     return dx, dw.reshape(w.shape), db

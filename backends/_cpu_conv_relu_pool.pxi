@@ -90,6 +90,7 @@ cdef struct ConvReluPoolBackwardJob:
     Py_ssize_t per_thread
     Py_ssize_t cols_at
     Py_ssize_t n0           # the group's first image: unit u is image n0 + u
+    OrderedSum* order       # dw and db, summed over the group's units as they are done
 
 
 cdef void _conv_relu_pool_backward_run(Items* items, const ConvReluPoolBackwardJob* j, int tid,
@@ -114,6 +115,7 @@ cdef void _conv_relu_pool_backward_run(Items* items, const ConvReluPoolBackwardJ
             _conv_backward_image(x + n * image, <const floating*>j.w, dconv,
                                  dx + n * image if dx != NULL else NULL,
                                  dw_parts + u * j.s.F * j.s.K, db_parts + u * j.s.F, cols, j.s)
+            _add_ready(j.order, u, dw_parts, db_parts, <Py_ssize_t>j.s.F * j.s.K, j.s.F)
 
 
 cdef class _ConvReluPoolBackwardWork(_Work):
@@ -204,21 +206,21 @@ def conv_relu_pool_backward(dout, argmax, x, w, int stride, int pad, int OH, int
     work.job.per_thread = work.job.cols_at + _image_scratch(s)
     workspace = _cpu_team.take_workspace(threads * work.job.per_thread, dtype)
     parts = _cpu_team.take_workspace(group * s.F * (s.K + 1), dtype)
-    dw_parts = parts[:group * s.F * s.K].reshape(group, s.F * s.K)
-    db_parts = parts[group * s.F * s.K:].reshape(group, s.F)
+    dw_parts = parts[:group * s.F * s.K]
+    db_parts = parts[group * s.F * s.K:]
     work.job.x, work.job.w = _address(x, False), _address(w, False)
     work.job.dout, work.job.argmax = _address(dout, False), _address(argmax, False)
     work.job.dx = _address(dx, True)
     work.job.dw_parts, work.job.db_parts = _address(dw_parts, True), _address(db_parts, True)
     work.job.workspace = _address(workspace, True)
-    keep = (x, w, dout, argmax, dx, parts, workspace)
+    cdef _OrderedSums sums = _OrderedSums(group, dw, db)
+    keep = (x, w, dout, argmax, dx, parts, workspace, sums)
     for n0 in range(0, s.N, group):
         n1 = min(s.N, n0 + group)
         work.job.n0 = n0
+        work.job.order = sums.start(n1 - n0)
         _start(work, n1 - n0, 1, dtype, keep, min(threads, n1 - n0))
-        # Reduce in image order: deterministic, whatever thread took an image.
-        dw += dw_parts[:n1 - n0].sum(axis=0).reshape(s.F, s.K)
-        db += db_parts[:n1 - n0].sum(axis=0)
+        sums.check()
     _cpu_team.give_back(workspace)
     _cpu_team.give_back(parts)
     return dx, dw.reshape(w.shape), db

@@ -346,6 +346,48 @@ def test_partial_groups_cover_every_image(monkeypatch, dtype):
         assert_close(g, r, dtype)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["conv_relu_pool", "conv"])
+def test_filter_gradient_adds_the_images_in_order(monkeypatch, dtype, fused):
+    # dw and db are the per-image gradients added in image order, (((0 +
+    # image 0) + image 1) + image 2) + ..., bit for bit, on two threads and
+    # in groups of 2 images too: each image's own call gives its gradient,
+    # and the batch's must be their sum in that order, whichever thread
+    # took an image and added it (another order, an image lost or added
+    # twice, or the db partials misplaced would change the bits).
+    kern = cpu.compiled
+    if kern is None:
+        pytest.fail("the compiled CPU kernels are not built (%s)" % cpu._import_error)
+    case = ((7, 2, 8, 9), (3, 2, 3, 2), 1, 1, (2, 2, 2))
+    geo = _geometry(case)
+    x, w, b = (a.astype(dtype) for a in _data(case, seed=4))
+    out, argmax = kern.conv_relu_pool_forward(x, w, b, *geo)
+    rng = np.random.RandomState(12)
+    dout = rng.randn(*out.shape).astype(dtype)
+    dconv = rng.randn(7, 3, geo[2], geo[3]).astype(dtype)
+
+    def grads(n):
+        if fused:
+            return kern.conv_relu_pool_backward(dout[n], argmax[n], x[n], w, *geo)[1:]
+        return kern.conv_backward(dconv[n], x[n], w, *geo[:4])[1:]
+
+    per_image = [grads(slice(n, n + 1)) for n in range(7)]
+    want = [np.zeros_like(g) for g in per_image[0]]
+    for image in per_image:
+        want = [total + g for total, g in zip(want, image)]
+    threads = kern.get_num_threads()
+    kern.set_num_threads(2)
+    try:
+        for group in (None, 2):
+            if group is not None:  # partials of 2 images at a time
+                monkeypatch.setattr(kern, "PARTIAL_ELEMENTS", 3 * (2 * 3 * 2 + 1) * group)
+            for _ in range(5):
+                for got, expected, name in zip(grads(slice(None)), want, ("dw", "db")):
+                    np.testing.assert_array_equal(got, expected, err_msg="%s, groups of %s"
+                                                  % (name, group))
+    finally:
+        kern.set_num_threads(threads)
+
+
 def test_three_layer_convnet_takes_the_fused_kernels(monkeypatch):
     # ThreeLayerConvNet's conv - relu - pool runs the fused kernels, and no
     # separate pooling pass (what the layer-by-layer chain would call).
