@@ -15,7 +15,9 @@ cdef extern from *:
     """
     /* The turn to add the partials: taken by compare-and-swap, given back
        by a store, and the ready flags stored and read, all sequentially
-       consistent (what _add_ready's hand-over relies on). */
+       consistent: _add_ready's hand-over needs each thread's store (the
+       turn given back, a flag set) ordered before its next load, which
+       the handoff's release stores (_cpu_handoff.pxi) do not give. */
     #if defined(_MSC_VER)
     #include <intrin.h>
     static int xdl_take_turn(long long *p) { return _InterlockedCompareExchange64(p, 1, 0) == 0; }
@@ -91,14 +93,14 @@ cdef class _OrderedSums:
     cdef object ready, dw, db
 
     def __init__(self, Py_ssize_t group, dw, db):
-        self.ready = np.zeros(max(1, group), np.int32)
+        self.ready = np.empty(max(1, group), np.int32)  # cleared by start()
         self.dw, self.db = dw, db
         self.sum.ready = <int*>_address(self.ready, True)
         self.sum.dw = _address(dw, True)
         self.sum.db = _address(db, True)
 
     cdef OrderedSum* start(self, Py_ssize_t units) except NULL:
-        self.ready[:units] = 0
+        memset(self.sum.ready, 0, units * sizeof(int))
         self.sum.turn, self.sum.next, self.sum.count = 0, 0, units
         return &self.sum
 
